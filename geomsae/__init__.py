@@ -21,8 +21,18 @@ __version__ = "0.1.0.dev0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _SUBMODULES = {
-    "models", "text", "activations", "sae", "neighbors", "tangent", "dimension", "graph",
-    "manifolds", "tslasso", "superposition", "baselines",
+    "models",
+    "text",
+    "activations",
+    "sae",
+    "neighbors",
+    "tangent",
+    "dimension",
+    "graph",
+    "manifolds",
+    "tslasso",
+    "superposition",
+    "baselines",
 }
 
 

@@ -38,7 +38,7 @@ class Dictionary(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:
-        """Feature activations, array of shape (n_samples, n_features) for x of shape (n_samples, d_in)."""
+        """Feature activations (n_samples, n_features) of x, shape (n_samples, d_in)."""
 
     @abc.abstractmethod
     def decode(self, codes: Tensor) -> Tensor:
@@ -52,11 +52,11 @@ class Dictionary(nn.Module, abc.ABC):
     @property
     @abc.abstractmethod
     def encoder_directions(self) -> Tensor:
-        """Gradient directions of the activations on their linear piece, shape (n_features, d_in)."""
+        """Activation gradients on their linear piece, shape (n_features, d_in)."""
 
     @abc.abstractmethod
     def jacobian_gate(self, x: Tensor) -> Tensor:
-        """Gate in {0, 1} of shape (n_samples, n_features): 1 where d f_j/dx = encoder_directions[j]."""
+        """Gate in {0, 1}, shape (n_samples, n_features): 1 where df_j/dx = w_j."""
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction ``decode(encode(x))``."""
