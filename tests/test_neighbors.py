@@ -1,0 +1,179 @@
+"""geomsae.neighbors: exact k-NN and radius graphs against brute force and scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import cdist
+from sklearn.neighbors import NearestNeighbors
+
+from geomsae.neighbors import (
+    Neighbors,
+    check_no_duplicates,
+    check_points,
+    deduplicate,
+    find_duplicates,
+    knn,
+    radius_neighbors,
+)
+
+
+def _brute(X, Y=None, k=3):
+    D = cdist(X, X if Y is None else Y)
+    if Y is None:
+        np.fill_diagonal(D, np.inf)
+    idx = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, idx, 1), idx
+
+
+@pytest.mark.parametrize("block_size", [None, 1, 7])
+def test_knn_matches_brute_force(block_size):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 13))
+    nb = knn(X, 5, block_size=block_size)
+    d, i = _brute(X, k=5)
+    assert isinstance(nb, Neighbors)
+    assert nb.distances.dtype == np.float64 and nb.indices.dtype == np.int64
+    np.testing.assert_allclose(nb.distances, d, atol=1e-12)
+    np.testing.assert_array_equal(nb.indices, i)
+    assert not (nb.indices == np.arange(200)[:, None]).any()  # never its own neighbour
+
+
+def test_knn_matches_sklearn_and_rows_sorted():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 40)) + 100.0  # far from the origin: the expansion must stay exact
+    nb = knn(X, 8)
+    d, _ = NearestNeighbors(n_neighbors=9).fit(X).kneighbors(X)
+    np.testing.assert_allclose(nb.distances, d[:, 1:], rtol=1e-10)
+    assert (np.diff(nb.distances, axis=1) >= 0).all()
+
+
+def test_knn_with_reference_set_and_query_indices():
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(size=(30, 4)), rng.normal(size=(50, 4))
+    nb = knn(X, 4, Y=Y)
+    d, i = _brute(X, Y, k=4)
+    np.testing.assert_array_equal(nb.indices, i)
+    np.testing.assert_allclose(nb.distances, d, atol=1e-12)
+    q = knn(Y, 3, query_indices=[4, 10])
+    full = knn(Y, 3)
+    np.testing.assert_array_equal(q.indices, full.indices[[4, 10]])
+
+
+def test_float32_screening_gives_the_same_answer():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 30))
+    a, b = knn(X, 10), knn(X, 10, screen_dtype=torch.float32, block_size=64)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, atol=1e-12)
+
+
+def test_duplicates_come_back_at_exact_zero():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 6)) * 1e3
+    X[10] = X[3]
+    nb = knn(X, 2)
+    assert nb.indices[3, 0] == 10 and nb.indices[10, 0] == 3
+    assert nb.distances[3, 0] == 0.0 and nb.distances[10, 0] == 0.0
+
+
+def test_torch_in_torch_out():
+    X = torch.randn(60, 5, dtype=torch.float32)
+    nb = knn(X, 3)
+    assert isinstance(nb.distances, torch.Tensor) and nb.distances.dtype == torch.float64
+    assert nb.indices.dtype == torch.int64 and nb.indices.device == X.device
+    ref = knn(X.double().numpy(), 3)
+    np.testing.assert_array_equal(nb.indices.numpy(), ref.indices)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_knn_on_gpu_matches_cpu():
+    X = torch.randn(500, 20, dtype=torch.float64)
+    g = knn(X.cuda(), 6)
+    assert g.indices.is_cuda
+    np.testing.assert_array_equal(g.indices.cpu().numpy(), knn(X, 6).indices.numpy())
+
+
+def test_radius_neighbors_matches_brute_force_and_keeps_explicit_zeros():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(150, 3))
+    X[20] = X[7]
+    G = radius_neighbors(X, 0.8, block_size=16)
+    ref = NearestNeighbors(radius=0.8).fit(X).radius_neighbors_graph(X, mode="distance")
+    assert G.nnz == ref.nnz - 150  # sklearn stores the diagonal; we do not
+    assert G.shape == (150, 150)
+    D = cdist(X, X)
+    np.fill_diagonal(D, np.inf)
+    assert G.nnz == int((D <= 0.8).sum())
+    assert G.has_canonical_format or G.has_sorted_indices
+    np.testing.assert_allclose(G.toarray(), np.where(D <= 0.8, D, 0.0), atol=1e-12)
+    assert (G[7].indices == 20).any() and G[7, 20] == 0.0  # explicit zero is stored
+    assert (abs(G - G.T)).max() == 0
+
+
+def test_radius_neighbors_cap():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(100, 2))
+    G = radius_neighbors(X, 10.0, max_neighbors=4)
+    assert np.diff(G.indptr).max() <= 4
+    np.testing.assert_allclose(np.sort(G[0].data), knn(X, 4).distances[0], atol=1e-12)
+
+
+def test_find_and_remove_duplicates():
+    X = np.array([[0.0, 1.0], [2.0, 3.0], [0.0, 1.0], [-0.0, 1.0], [5.0, 5.0]])
+    np.testing.assert_array_equal(find_duplicates(X), [False, False, True, True, False])
+    Xu, kept = deduplicate(X)
+    np.testing.assert_array_equal(kept, [0, 1, 4])
+    assert Xu.shape == (3, 2)
+    with pytest.raises(ValueError, match="deduplicate"):
+        check_no_duplicates(X)
+    check_no_duplicates(Xu)
+    Xt, kept_t = deduplicate(torch.tensor(X))
+    assert isinstance(Xt, torch.Tensor) and Xt.shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(5), "2-D.*reshape"),
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN or Inf"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]]), "NaN or Inf"),
+        (np.zeros((3, 0)), "no features"),
+    ],
+)
+def test_bad_input_is_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        check_points(bad)
+    with pytest.raises(ValueError, match=match):
+        knn(bad, 1)
+
+
+def test_too_many_neighbours():
+    with pytest.raises(ValueError, match="n_neighbors=5 but only 4"):
+        knn(np.eye(5), 5)
+    with pytest.raises(ValueError, match="positive integer"):
+        knn(np.eye(5), 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(3, 40),
+    dim=st.integers(1, 6),
+    k=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+    shift=st.floats(-1e3, 1e3),
+)
+def test_property_knn_is_brute_force(n, dim, k, seed, shift):
+    k = min(k, n - 1)
+    X = np.random.default_rng(seed).normal(size=(n, dim)) + shift
+    nb = knn(X, k, block_size=5)
+    d, _ = _brute(X, k=k)
+    np.testing.assert_allclose(nb.distances, d, rtol=1e-9, atol=1e-9)
+    # indices must be consistent with the distances they report
+    np.testing.assert_allclose(
+        np.linalg.norm(X[nb.indices] - X[:, None, :], axis=-1), nb.distances, atol=1e-9
+    )
