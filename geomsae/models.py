@@ -110,14 +110,48 @@ def _load_embedded(device: torch.device, dtype: torch.dtype):
     return bridge
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers on port 443 within ``timeout`` seconds (or a proxy is set)."""
+    import socket
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HF_ENDPOINT")):
+        return True  # cannot tell through a proxy or a mirror: let the loader try
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_local_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return False
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # invalid repo id and the like: let the loader report it
+        return False
+    return isinstance(found, str)
+
+
 def _load_hub(name: str, device: torch.device, dtype: torch.dtype):
     from transformer_lens.model_bridge import TransformerBridge
 
+    local = Path(name).is_dir() or _in_local_cache(name)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    if not local and (offline or not _hub_reachable()):
+        raise ModelUnavailableError(
+            f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub is "
+            f"{'disabled (HF_HUB_OFFLINE is set)' if offline else 'unreachable'}; offline, use "
+            f"the embedded default model: load_model() or --model {DEFAULT_MODEL}"
+        )
     try:
         return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except OSError as exc:  # huggingface_hub raises OSError subclasses when offline
         raise ModelUnavailableError(
-            f"cannot load {name!r} from the Hugging Face hub ({type(exc).__name__}); "
+            f"cannot load {name!r} from the Hugging Face hub ({type(exc).__name__}: {exc}); "
             f"offline, use the embedded default model: load_model() or --model {DEFAULT_MODEL}"
         ) from exc
 
@@ -164,6 +198,80 @@ def load_model(
     for p in model.parameters():
         p.requires_grad_(False)
     _CACHE[key] = model
+    return model
+
+
+def tiny_model(
+    n_layers: int = 4,
+    d_model: int = 32,
+    n_ctx: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = "cpu",
+):
+    """A tiny randomly initialised Llama wrapped in the same ``TransformerBridge`` (for tests).
+
+    Same architecture family and hook names as the embedded SmolLM2, but with a byte-level
+    tokenizer (259 tokens: ``<|endoftext|>`` = 0 (padding), ``<|im_start|>`` = 1 (BOS, prepended
+    like SmolLM2's), ``<|im_end|>`` = 2, then the 256 bytes) built in memory, so it needs no
+    download and boots in about a second. Not cached.
+
+    Parameters
+    ----------
+    n_layers, d_model, n_ctx : int
+        Depth, residual width and context length.
+    seed : int
+        Seed of the random initialisation.
+    device : str or torch.device, optional
+        Where to put it (CPU by default).
+    """
+    from tokenizers import Tokenizer, decoders
+    from tokenizers import models as tok_models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(tok_models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        name_or_path="geomsae-tiny-llama",
+        add_bos_token=True,
+        bos_token=specials[1],
+        eos_token=specials[2],
+        unk_token=specials[0],
+        pad_token=specials[0],
+        model_max_length=n_ctx,
+    )
+    n_heads = max(1, d_model // 8)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=max(1, n_heads // 2),
+        max_position_embeddings=n_ctx,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf_model = LlamaForCausalLM(config).eval()
+    dev = resolve_device(device)
+    with _quiet():
+        model = TransformerBridge.boot_transformers(
+            "geomsae-tiny-llama", hf_model=hf_model, tokenizer=tokenizer, device=dev
+        )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model
 
 
