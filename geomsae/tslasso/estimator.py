@@ -1,0 +1,464 @@
+"""The Tangent Space Lasso estimator (Koelle, Zhang, Murad & Meila, AISTATS 2024).
+
+Which ``d`` functions of a dictionary are coordinates of the data manifold? For random subsets of
+``n_points`` points: gradients of the functions (given, or the closed-form Jacobians of a geomsae
+:class:`~geomsae.sae.dictionary.Dictionary`, or autograd Jacobians of a callable), gamma
+normalisation in the ambient space, projection on the tangent spaces (given, or by weighted local
+PCA with :func:`geomsae.tangent.tangent_spaces`), then a group lasso whose ``lam`` is bisected until
+exactly ``d`` functions are selected. Repeating over replicates gives selection frequencies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from geomsae.tslasso.gradients import dictionary_problem, function_jacobians
+from geomsae.tslasso.path import bisect_lambda, regularization_path, two_stage_support
+from geomsae.tslasso.problem import TSLassoProblem, problem_from_gradients
+from geomsae.tslasso.result import RegularizationPath, ReplicateResult, TSLassoResult
+from geomsae.tslasso.solver import SolverConfig
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TSLasso(BaseEstimator):
+    """Tangent Space Lasso: select ``d`` dictionary functions that are manifold coordinates.
+
+    Parameters
+    ----------
+    d : int, optional
+        Intrinsic dimension (number of functions to select). None: from the given tangent bases,
+        else estimated with ``geomsae.dimension`` (``dimension_estimator``) and rounded.
+    n_points : int
+        Points per replicate (the authors use 100 or 500).
+    n_replicates : int
+        Random point subsets (the authors use 25).
+    max_probes : int
+        Most bisection probes per replicate (authors: 12 synthetic, 30 molecules).
+    n_lambdas : int
+        Size of the full regularisation path computed on the first replicate (``path_``);
+        0 skips it (``path_`` then holds that replicate's bisection probes).
+    path_min_ratio : float
+        The path runs from ``lambda_max`` down to ``path_min_ratio * lambda_max``.
+    two_stage : bool
+        Also run the two-stage variant (brute force over the active set at the smallest probe).
+    max_subsets : int
+        Skip the two-stage variant of a replicate whose active set has more ``d``-subsets.
+    normalize : bool
+        Gamma normalisation of the gradients (the paper's default).
+    tangent_neighbors, tangent_bandwidth : optional
+        Neighbourhoods of the weighted local PCA when tangent bases are not given (passed to
+        :func:`geomsae.tangent.tangent_spaces` as ``n_neighbors`` / ``bandwidth``; default
+        ``n_neighbors = max(10, 3 d)``).
+    dimension_estimator : str
+        Name in ``geomsae.dimension.ESTIMATORS`` used when ``d`` is None and no bases are given.
+    tol, max_iter, screening, kkt_tol
+        Solver settings, see :class:`~geomsae.tslasso.solver.SolverConfig`.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+    dtype : str
+        ``"float64"``, ``"float32"`` or ``"auto"`` (float64 when ``n_points * p * d <= 1e7``).
+    random_state : int, optional
+        Seed of the point subsets.
+    progress : bool
+        Show a progress bar over replicates.
+
+    Attributes
+    ----------
+    support_ : ndarray of int, shape (d,)
+        The most frequent selection over replicates.
+    selection_frequency_ : ndarray of shape (n_functions,)
+        Fraction of replicates selecting each function.
+    lambda_ : float
+        Median selecting ``lam`` (per-group convention: ``lam_paper = lam * sqrt(d n_points)``).
+    path_ : RegularizationPath
+        Full path of the first replicate (or its bisection probes when ``n_lambdas == 0``).
+    replicates_ : tuple of ReplicateResult
+    two_stage_support_ : ndarray of int or None
+    d_ : int
+    result_ : TSLassoResult
+        Everything above, JSON-serialisable (``result_.to_json(path)``).
+
+    Examples
+    --------
+    >>> est = TSLasso(d=2, n_points=100, n_replicates=10, random_state=0)   # doctest: +SKIP
+    >>> est.fit(points, gradients, bases=tangent_bases).support_             # doctest: +SKIP
+    array([0, 1])
+    """
+
+    def __init__(
+        self,
+        d: int | None = None,
+        n_points: int = 100,
+        n_replicates: int = 25,
+        max_probes: int = 12,
+        n_lambdas: int = 30,
+        path_min_ratio: float = 0.05,
+        two_stage: bool = True,
+        max_subsets: int = 100_000,
+        normalize: bool = True,
+        tangent_neighbors: int | None = None,
+        tangent_bandwidth: float | None = None,
+        dimension_estimator: str = "twonn",
+        tol: float = 1e-7,
+        max_iter: int = 5000,
+        screening: bool = True,
+        kkt_tol: float = 1e-3,
+        device: str = "auto",
+        dtype: str = "auto",
+        random_state: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.d = d
+        self.n_points = n_points
+        self.n_replicates = n_replicates
+        self.max_probes = max_probes
+        self.n_lambdas = n_lambdas
+        self.path_min_ratio = path_min_ratio
+        self.two_stage = two_stage
+        self.max_subsets = max_subsets
+        self.normalize = normalize
+        self.tangent_neighbors = tangent_neighbors
+        self.tangent_bandwidth = tangent_bandwidth
+        self.dimension_estimator = dimension_estimator
+        self.tol = tol
+        self.max_iter = max_iter
+        self.screening = screening
+        self.kkt_tol = kkt_tol
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.progress = progress
+
+    # ---- fit ---------------------------------------------------------------------------------
+    def fit(
+        self,
+        X: Any,
+        gradients: Any = None,
+        *,
+        bases: Any = None,
+        dictionary: Any = None,
+        function: Any = None,
+    ) -> TSLasso:
+        """Run TSLasso on replicates of ``n_points`` points of ``X``.
+
+        Parameters
+        ----------
+        X : array or tensor of shape (n_samples, d_model)
+            The points.
+        gradients : array or tensor of shape (n_samples, n_functions, d_model), optional
+            Ambient gradients of the dictionary functions at every point.
+        bases : array or tensor of shape (n_samples, d_model, d), optional
+            Orthonormal tangent bases (estimated by weighted local PCA when omitted).
+        dictionary : geomsae.sae.Dictionary, optional
+            Use its features' closed-form Jacobians instead of ``gradients``.
+        function : callable, optional
+            Row-wise differentiable map (m, d_model) -> (m, n_functions); autograd Jacobians.
+
+        Exactly one of ``gradients``, ``dictionary`` and ``function`` must be given.
+        """
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        sources = [s is not None for s in (gradients, dictionary, function)]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give exactly one of gradients=(n_samples, n_functions, d_model) array, "
+                f"dictionary=Dictionary or function=callable; got {sum(sources)}"
+            )
+        self._check_params()
+        device = resolve_device(self.device)
+        points = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
+        if points.ndim != 2 or not torch.isfinite(points).all():
+            raise ValueError(
+                f"X must be a finite array of shape (n_samples, d_model), got {tuple(points.shape)}"
+            )
+        N, ambient = points.shape
+        if self.n_points > N:
+            raise ValueError(f"n_points={self.n_points} exceeds the {N} points given; lower it")
+        n_functions = self._n_functions(gradients, dictionary, function, points)
+        d = self._resolve_d(points, bases, timings)
+        dtype = self._resolve_dtype(n_functions, d)
+
+        rng = np.random.default_rng(self.random_state)
+        subsets = [
+            np.sort(rng.choice(N, self.n_points, replace=False)) for _ in range(self.n_replicates)
+        ]
+        needed = np.unique(np.concatenate(subsets))
+        row = np.full(N, -1)
+        row[needed] = np.arange(needed.size)
+        tangent = self._bases(points, bases, d, needed, timings).to(device=device, dtype=dtype)
+
+        cfg = SolverConfig(
+            tol=self.tol, max_iter=self.max_iter, screening=self.screening, kkt_tol=self.kkt_tol
+        )
+        t0 = time.perf_counter()
+        reps = []
+        for r, idx in enumerate(
+            tqdm(subsets, desc="TSLasso replicates", disable=not self.progress)
+        ):
+            tb = tangent[torch.as_tensor(row[idx])]
+            build = self._builder(points, gradients, dictionary, function, device, dtype)
+            reps.append(self._replicate(build, idx, tb, d, cfg, with_path=(r == 0)))
+        timings["replicates"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
+        self._aggregate(reps, d, n_functions, timings)
+        return self
+
+    def _replicate(self, build, idx, bases, d, cfg, with_path) -> ReplicateResult:
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        problem: TSLassoProblem = build(idx, bases)
+        times["problem"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bis = bisect_lambda(problem, d, self.max_probes, cfg)
+        times["bisection"] = time.perf_counter() - t0
+        lam_max = problem.lambda_max()
+        probes = RegularizationPath.from_solutions(bis.probes, lam_max, problem.n_functions)
+        two = None
+        if self.two_stage:
+            t0 = time.perf_counter()
+            smallest = min(bis.probes, key=lambda s: s.lam)
+            cand = smallest.features if smallest.features.numel() >= d else bis.support
+            if math.comb(int(cand.numel()), d) <= self.max_subsets:
+                two = tuple(two_stage_support(problem, cand, d, self.max_subsets).tolist())
+            else:
+                logger.info("two-stage skipped: %d candidates for d=%d", cand.numel(), d)
+            times["two_stage"] = time.perf_counter() - t0
+        path = None
+        if with_path and self.n_lambdas > 0:
+            t0 = time.perf_counter()
+            sols = regularization_path(
+                problem, n_lambdas=self.n_lambdas, min_ratio=self.path_min_ratio, config=cfg
+            )
+            path = RegularizationPath.from_solutions(sols, lam_max, problem.n_functions)
+            times["path"] = time.perf_counter() - t0
+        return ReplicateResult(
+            indices=tuple(int(i) for i in idx),
+            support=tuple(int(j) for j in bis.support.tolist()),
+            lam=float(bis.lam),
+            lambda_max=float(lam_max),
+            found=bool(bis.found),
+            probes=probes,
+            two_stage_support=two,
+            path=path,
+            timings=times,
+        )
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.d is not None and (not isinstance(self.d, (int, np.integer)) or self.d < 1):
+            raise ValueError(f"d must be a positive integer or None, got {self.d!r}")
+        if self.n_points < 2 or self.n_replicates < 1:
+            raise ValueError(
+                "need n_points >= 2 and n_replicates >= 1, "
+                f"got {self.n_points}, {self.n_replicates}"
+            )
+        if self.dtype not in ("auto", "float32", "float64"):
+            raise ValueError(f"dtype must be 'auto', 'float32' or 'float64', got {self.dtype!r}")
+
+    def _n_functions(self, gradients, dictionary, function, points) -> int:
+        N, ambient = points.shape
+        if gradients is not None:
+            shape = tuple(gradients.shape)
+            if len(shape) != 3 or shape[0] != N or shape[2] != ambient:
+                raise ValueError(
+                    f"gradients must have shape (n_samples={N}, n_functions, d_model={ambient}), "
+                    f"got {shape}"
+                )
+            return shape[1]
+        if dictionary is not None:
+            if getattr(dictionary, "d_in", None) != ambient:
+                raise ValueError(
+                    f"dictionary.d_in={getattr(dictionary, 'd_in', None)} does not match the "
+                    f"points' d_model={ambient}"
+                )
+            return int(dictionary.n_features)
+        if not callable(function):
+            raise ValueError("function must be callable: (m, d_model) -> (m, n_functions)")
+        with torch.no_grad():
+            out = function(_like_function(points[:2], function))
+        if out.ndim != 2 or out.shape[0] != 2:
+            raise ValueError(
+                "function must map (m, d_model) to (m, n_functions); "
+                f"got {tuple(out.shape)} for m=2"
+            )
+        return int(out.shape[1])
+
+    def _resolve_d(self, points, bases, timings) -> int:
+        if bases is not None:
+            k = int(bases.shape[-1])
+            if self.d is not None and self.d != k:
+                raise ValueError(
+                    f"d={self.d} but the tangent bases have {k} columns; make them agree"
+                )
+            return k
+        if self.d is not None:
+            return int(self.d)
+        t0 = time.perf_counter()
+        try:
+            from geomsae.dimension import ESTIMATORS
+        except ImportError as err:  # pragma: no cover - depends on geomsae.dimension
+            raise ValueError(
+                "d=None needs geomsae.dimension to estimate the intrinsic dimension, which is not "
+                "available; pass d= or tangent bases"
+            ) from err
+        if self.dimension_estimator not in ESTIMATORS:
+            raise ValueError(
+                f"unknown dimension_estimator {self.dimension_estimator!r}; "
+                f"choose from {sorted(ESTIMATORS)}"
+            )
+        est = ESTIMATORS[self.dimension_estimator]().fit(points.double().cpu().numpy())
+        d = max(1, int(round(float(est.dimension_))))
+        timings["dimension"] = time.perf_counter() - t0
+        logger.info("estimated intrinsic dimension %.2f -> d=%d", float(est.dimension_), d)
+        return d
+
+    def _resolve_dtype(self, p: int, d: int) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.float64 if self.n_points * p * d <= 10_000_000 else torch.float32
+        return getattr(torch, self.dtype)
+
+    def _bases(self, points, bases, d, needed, timings) -> torch.Tensor:
+        N, ambient = points.shape
+        if bases is not None:
+            tb = torch.as_tensor(np.asarray(bases) if not torch.is_tensor(bases) else bases)
+            if tb.shape != (N, ambient, d):
+                raise ValueError(
+                    f"bases must have shape (n_samples={N}, d_model={ambient}, d={d}), "
+                    f"got {tuple(tb.shape)}"
+                )
+            return tb[torch.as_tensor(needed)]
+        t0 = time.perf_counter()
+        try:
+            from geomsae.tangent import tangent_spaces
+        except ImportError as err:  # pragma: no cover - depends on geomsae.tangent
+            raise ValueError(
+                "estimating tangent bases needs geomsae.tangent.tangent_spaces, which is not "
+                "available; pass bases= of shape (n_samples, d_model, d)"
+            ) from err
+        kw: dict[str, Any] = {}
+        if self.tangent_bandwidth is not None:
+            kw["bandwidth"] = self.tangent_bandwidth
+        if self.tangent_neighbors is not None or self.tangent_bandwidth is None:
+            kw["n_neighbors"] = self.tangent_neighbors or max(10, 3 * d)
+        ts = tangent_spaces(points, d, indices=torch.as_tensor(needed), **kw)
+        timings["tangent"] = time.perf_counter() - t0
+        return torch.as_tensor(ts.bases)
+
+    def _builder(self, points, gradients, dictionary, function, device, dtype):
+        """A function (indices, bases) -> TSLassoProblem for the chosen gradient source."""
+        normalize = self.normalize
+
+        def place(problem: TSLassoProblem) -> TSLassoProblem:
+            return TSLassoProblem(problem.X.to(device, dtype), problem.gamma.to(device, dtype))
+
+        if gradients is not None:
+
+            def build(idx, bases):
+                g = gradients[idx] if torch.is_tensor(gradients) else np.asarray(gradients[idx])
+                g = torch.as_tensor(g).to(device, dtype)
+                return problem_from_gradients(g, bases, normalize)
+
+        elif dictionary is not None:
+
+            def build(idx, bases):
+                x = points[torch.as_tensor(idx)]
+                return place(dictionary_problem(dictionary, x, bases, normalize, dtype))
+
+        else:
+
+            def build(idx, bases):
+                x = _like_function(points[torch.as_tensor(idx)], function)
+                jac = function_jacobians(function, x)
+                return place(problem_from_gradients(jac.detach(), bases.to(jac), normalize))
+
+        return build
+
+    # ---- results -----------------------------------------------------------------------------
+    def _aggregate(self, reps: list[ReplicateResult], d: int, p: int, timings) -> None:
+        support, freq_of_mode, selection = _consensus([r.support for r in reps], p)
+        two_support, two_freq = None, None
+        twos = [r.two_stage_support for r in reps if r.two_stage_support is not None]
+        if twos:
+            two_support, _, two_sel = _consensus(twos, p)
+            two_freq = tuple(float(v) for v in two_sel)
+        lam = float(np.median([r.lam for r in reps]))
+        params = {k: v for k, v in self.get_params().items()}
+        self.result_ = TSLassoResult(
+            d=d,
+            n_points=self.n_points,
+            n_functions=p,
+            support=support,
+            support_frequency=freq_of_mode,
+            selection_frequency=tuple(float(v) for v in selection),
+            lam=lam,
+            penalty_scale=math.sqrt(d * self.n_points),
+            replicates=tuple(reps),
+            two_stage_support=two_support,
+            two_stage_frequency=two_freq,
+            timings=timings,
+            params=params,
+        )
+        self.d_ = d
+        self.support_ = np.array(support, dtype=int)
+        self.selection_frequency_ = np.asarray(selection, dtype=float)
+        self.lambda_ = lam
+        self.replicates_ = tuple(reps)
+        self.two_stage_support_ = None if two_support is None else np.array(two_support, dtype=int)
+        first = reps[0]
+        self.path_ = first.path if first.path is not None else first.probes
+        logger.info(
+            "TSLasso: support %s in %.0f%% of %d replicates (%.1f s)",
+            support,
+            100 * freq_of_mode,
+            len(reps),
+            timings["total"],
+        )
+
+    def to_json(self, path: str | None = None) -> str:
+        """The fitted :attr:`result_` as JSON (written to ``path`` when given)."""
+        check_is_fitted(self, "result_")
+        return self.result_.to_json(path)
+
+
+def _consensus(
+    supports: list[tuple[int, ...]], p: int
+) -> tuple[tuple[int, ...], float, np.ndarray]:
+    """Modal support, its frequency and per-function selection frequencies."""
+    selection = np.zeros(p)
+    for s in supports:
+        selection[list(s)] += 1
+    selection /= len(supports)
+    counts = Counter(tuple(sorted(s)) for s in supports)
+    top = max(counts.values())
+    modes = [s for s, c in counts.items() if c == top]
+    best = max(modes, key=lambda s: (selection[list(s)].sum(), [-j for j in s]))
+    return best, top / len(supports), selection
+
+
+def _like_function(x: torch.Tensor, function: Any) -> torch.Tensor:
+    """Points cast to a module's parameter dtype/device (a plain callable gets float64 CPU)."""
+    params = list(function.parameters()) if isinstance(function, torch.nn.Module) else []
+    if params:
+        return x.to(device=params[0].device, dtype=params[0].dtype)
+    return x.to(torch.float64) if not x.is_floating_point() else x
+
+
+__all__ = ["TSLasso", "resolve_device"]
