@@ -1,0 +1,157 @@
+"""The estimator contract shared by every intrinsic-dimension estimator.
+
+Subclasses implement two hooks on validated float64 torch tensors:
+
+* ``_global(X) -> float``: the estimate for the whole point cloud;
+* ``_pointwise(X, n_neighbors) -> tensor (n_samples,)``: one estimate per point, from the
+  point's ``n_neighbors`` nearest neighbours (vectorised over points).
+
+and the base class turns them into ``fit(X)`` (sets ``dimension_``) and
+``fit_pointwise(X, n_neighbors=k)`` (sets ``dimension_pw_``), with one input check and one
+duplicate-point policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from geomsae.neighbors import Neighbors, as_tensor, check_points, find_duplicates, knn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IDEstimator", "prepare_points"]
+
+_DUPLICATE_POLICIES = ("raise", "drop", "ignore")
+
+
+def prepare_points(
+    X: Any, *, on_duplicates: str = "raise", min_samples: int = 3, name: str = "X"
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Validate ``X`` and return it as a float64 tensor (on its own device), plus kept rows.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n_samples, n_features)
+    on_duplicates : {"raise", "drop", "ignore"}
+        ``"raise"``: a ``ValueError`` naming the fix if any row repeats (nearest-neighbour
+        distances of 0 make ratio and log-distance estimators undefined); ``"drop"``: keep the
+        first occurrence of each point; ``"ignore"``: no check (for estimators that do not divide
+        by distances, or when the caller knows the points are distinct).
+    min_samples : int
+        Fewest points accepted (after dropping duplicates).
+
+    Returns
+    -------
+    X : torch.Tensor of shape (n_kept, n_features), float64
+    kept : int array of shape (n_kept,) or None
+        Rows of the input that were kept (None when nothing was dropped).
+    """
+    if on_duplicates not in _DUPLICATE_POLICIES:
+        raise ValueError(
+            f"on_duplicates must be one of {_DUPLICATE_POLICIES}; got {on_duplicates!r}"
+        )
+    X = check_points(X, name=name, min_samples=1)
+    kept = None
+    if on_duplicates != "ignore":
+        dup = find_duplicates(X)
+        if dup.any():
+            if on_duplicates == "raise":
+                raise ValueError(
+                    f"{name} has {int(dup.sum())} duplicate point(s) (e.g. row "
+                    f"{int(np.flatnonzero(dup)[0])} repeats an earlier row); nearest-neighbour "
+                    f"distances of 0 make this estimator undefined. Remove them with "
+                    f"`X, kept = geomsae.neighbors.deduplicate(X)` or pass on_duplicates='drop'."
+                )
+            kept = np.flatnonzero(~dup)
+            logger.info("dropping %d duplicate points of %d", int(dup.sum()), len(dup))
+    Xt = as_tensor(X)
+    if kept is not None:
+        Xt = Xt[torch.as_tensor(kept, device=Xt.device)]
+    if Xt.shape[0] < min_samples:
+        raise ValueError(f"{name} needs at least {min_samples} distinct points; got {Xt.shape[0]}")
+    return Xt, kept
+
+
+def check_n_neighbors(n_neighbors: Any, n_samples: int, *, minimum: int = 2) -> int:
+    """``n_neighbors`` as an int in ``[minimum, n_samples - 1]``, or a ValueError naming the fix."""
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
+        raise ValueError(f"n_neighbors must be an integer; got {n_neighbors!r}")
+    if n_neighbors < minimum:
+        raise ValueError(f"n_neighbors must be >= {minimum}; got {n_neighbors}")
+    if n_neighbors > n_samples - 1:
+        raise ValueError(
+            f"n_neighbors={n_neighbors} needs more than {n_neighbors} points; got {n_samples} "
+            f"(use n_neighbors <= {n_samples - 1} or more data)"
+        )
+    return int(n_neighbors)
+
+
+class IDEstimator(BaseEstimator):
+    """Base class: ``fit`` -> ``dimension_``, ``fit_pointwise`` -> ``dimension_pw_``.
+
+    Attributes set by fitting
+    -------------------------
+    dimension_ : float
+        Global intrinsic-dimension estimate (``fit``).
+    dimension_pw_ : ndarray of shape (n_kept,)
+        Pointwise estimates (``fit_pointwise``), one per kept point.
+    n_neighbors_ : int
+        Neighbourhood size used by ``fit_pointwise``.
+    kept_ : ndarray or None
+        Row indices kept after dropping duplicates (``on_duplicates="drop"``), else None.
+    """
+
+    #: neighbour-distance estimators need distinct points; PCA-like ones do not
+    _needs_distinct = True
+    #: smallest neighbourhood the pointwise estimate makes sense for
+    _min_neighbors = 2
+
+    def _prepare(self, X: Any, min_samples: int = 3) -> torch.Tensor:
+        policy = getattr(self, "on_duplicates", "raise") if self._needs_distinct else "ignore"
+        Xt, self.kept_ = prepare_points(X, on_duplicates=policy, min_samples=min_samples)
+        return Xt
+
+    def fit(self, X: Any, y: Any = None) -> IDEstimator:
+        """Estimate the global intrinsic dimension of ``X``, of shape (n_samples, n_features).
+
+        Returns ``self``; the estimate is ``self.dimension_`` (a float).
+        """
+        Xt = self._prepare(X)
+        self.dimension_ = float(self._global(Xt))
+        return self
+
+    def fit_pointwise(self, X: Any, y: Any = None, *, n_neighbors: int = 20) -> IDEstimator:
+        """Estimate the dimension around every point from its ``n_neighbors`` nearest neighbours.
+
+        Returns ``self``; the estimates are ``self.dimension_pw_``, an array of shape (n_kept,).
+        """
+        Xt = self._prepare(X)
+        k = check_n_neighbors(n_neighbors, Xt.shape[0], minimum=self._min_neighbors)
+        self.n_neighbors_ = k
+        self.dimension_pw_ = self._pointwise(Xt, k).detach().cpu().numpy().astype(np.float64)
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None) -> float:
+        """``fit(X).dimension_``."""
+        return self.fit(X).dimension_
+
+    def _global(self, X: torch.Tensor) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def check_fitted(self, pointwise: bool = False) -> None:
+        """Raise sklearn's ``NotFittedError`` unless ``fit`` (or ``fit_pointwise``) has run."""
+        check_is_fitted(self, "dimension_pw_" if pointwise else "dimension_")
+
+
+def neighbor_distances(X: torch.Tensor, n_neighbors: int) -> Neighbors:
+    """Exact k-NN of the rows of ``X`` among themselves (float64, self excluded)."""
+    return knn(X, n_neighbors)
