@@ -1,0 +1,324 @@
+"""SAE architectures: configs, closed-form Jacobians, sparse kernels, folding, files, recovery."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from geomsae.sae import (
+    ARCHITECTURES,
+    ARCHS,
+    SAEConfig,
+    build_sae,
+    evaluate,
+    load,
+    train,
+)
+from geomsae.sae.losses import StepContext
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The machine is shared; small problems run faster on one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def random_sae(arch: str, d_in: int = 6, d_sae: int = 10, k: int = 3, seed: int = 0, dtype=None):
+    """An SAE with random weights and biases that leave some features on, some off."""
+    cfg = SAEConfig(arch=arch, d_in=d_in, n_features=d_sae, k=k, seed=seed)
+    sae = build_sae(cfg, dtype=dtype or torch.float64)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+        if arch == "jumprelu":
+            sae.log_threshold.fill_(np.log(0.2))
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.3)
+    return sae
+
+
+# ----- config ----------------------------------------------------------------------------------
+def test_config_resolves_sizes_and_defaults():
+    cfg = SAEConfig(arch="topk", d_in=576, expansion=8, k=32)
+    assert cfg.d_sae == 4608
+    assert cfg.resolved_aux_k == 288
+    assert cfg.resolved_lr == pytest.approx(2e-4 / np.sqrt(4608 / 2**14))
+    assert SAEConfig(d_in=10, n_features=7, expansion=3, k=2).d_sae == 7
+    assert SAEConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(dataclasses_error()):
+        cfg.k = 3  # frozen
+
+
+def dataclasses_error():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"arch": "gated"}, "arch='gated' is unknown"),
+        ({"k": 100, "n_features": 50}, "k=100 exceeds the number of features d_sae=50"),
+        ({"k": 0}, "positive k"),
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"b_dec_init": "median"}, "b_dec_init"),
+        ({"expansion": 0}, "positive expansion"),
+        ({"exclude_high_norm": 0.5}, "exclude_high_norm"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SAEConfig(d_in=8, **kwargs)
+
+
+def test_registry_covers_every_arch():
+    assert set(ARCHITECTURES) == set(ARCHS)
+
+
+# ----- Jacobians -------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_jacobian_matches_autograd(arch):
+    sae = random_sae(arch)
+    if arch == "tied_relu":
+        sae.set_input_scale(2.5)  # the tied SAE keeps its scale in input_scale
+    x = torch.randn(7, sae.d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    J = sae.jacobian(x)
+    for i in range(len(x)):
+        auto = torch.autograd.functional.jacobian(lambda v: sae.encode(v[None])[0], x[i])
+        torch.testing.assert_close(J[i], auto)
+    gate = sae.jacobian_gate(x)
+    assert 0 < gate.float().mean() < 1, "the test points should hit both linear pieces"
+    feats = torch.tensor([1, 4, 7])
+    torch.testing.assert_close(sae.jacobian(x, feats), J[:, feats])
+    bases = torch.linalg.qr(torch.randn(7, sae.d_in, 2, dtype=torch.float64)).Q
+    torch.testing.assert_close(
+        sae.projected_jacobian(x, bases), torch.einsum("nfD,nDd->nfd", J, bases)
+    )
+
+
+# ----- TopK training kernels -------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_training_path_equals_dense(arch):
+    """Loss and every gradient agree between the sparse kernels and plain autograd (AuxK on)."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 6, dtype=torch.float64)
+    grads = {}
+    for impl in ("sparse", "dense"):
+        sae = random_sae(arch, d_sae=12, k=3)
+        sae.decode_impl = impl
+        dead = torch.zeros(12, dtype=torch.bool)
+        dead[[0, 5, 9]] = True
+        out = sae.training_step(x, StepContext(dead=dead))
+        out.loss.backward()
+        grads[impl] = (out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()})
+        assert out.terms["aux"] > 0
+    torch.testing.assert_close(grads["sparse"][0], grads["dense"][0])
+    for name, g in grads["dense"][1].items():
+        torch.testing.assert_close(grads["sparse"][1][name], g, msg=name)
+
+
+def test_batchtopk_training_l0_is_k():
+    sae = random_sae("batchtopk", d_in=8, d_sae=40, k=4, dtype=torch.float32)
+    with torch.no_grad():
+        sae.b_enc.fill_(2.0)  # plenty of positive pre-activations
+    x = torch.randn(64, 8)
+    out = sae.training_step(x, StepContext())
+    assert out.l0 == pytest.approx(4.0)
+    # per-sample counts vary (it is a batch-level top-k)
+    codes = sae._select(torch.nn.functional.linear(x - sae.b_dec, sae.enc_weight, sae.b_enc), None)
+    counts = torch.bincount(codes.rows, minlength=64)
+    assert counts.sum() == 64 * 4 and counts.max() > counts.min()
+
+
+# ----- folding ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_input_scale_folding_keeps_outputs(arch):
+    sae = random_sae(arch)
+    x = torch.randn(20, sae.d_in, dtype=torch.float64)
+    s = 3.7
+    before_codes = sae.encode(s * x)
+    before = sae(s * x) / s
+    sae.set_input_scale(s)
+    torch.testing.assert_close(sae(x), before)
+    torch.testing.assert_close(sae.encode(x), before_codes)
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_decoder_norm_folding_keeps_outputs(arch):
+    sae = random_sae(arch)
+    x = torch.randn(20, sae.d_in, dtype=torch.float64)
+    before = sae(x)
+    active = sae.encode(x) > 0
+    sae.fold_decoder_norms()
+    torch.testing.assert_close(sae(x), before)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(10, dtype=torch.float64))
+    assert torch.equal(sae.encode(x) > 0, active)
+
+
+# ----- files -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip(arch, tmp_path):
+    sae = random_sae(arch, dtype=torch.float32)
+    if arch == "tied_relu":
+        sae.set_input_scale(1.7)
+    sae.save(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    expected = {"tied_relu": "standard", "relu": "standard", "batchtopk": "jumprelu"}
+    assert cfg["architecture"] == expected.get(arch, arch)
+    assert (cfg["d_in"], cfg["d_sae"]) == (6, 10)
+    w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
+    assert w["W_enc"].shape == (6, 10) and w["W_dec"].shape == (10, 6)
+    assert ("threshold" in w) == (arch in ("jumprelu", "batchtopk"))
+    back = load(tmp_path / "sae")
+    assert type(back) is type(sae) and back.config == sae.config
+    x = torch.randn(9, 6)
+    torch.testing.assert_close(back.encode(x), sae.encode(x))
+    torch.testing.assert_close(back(x), sae(x))
+
+
+def _saelens_forward(w: dict, x: torch.Tensor, arch: str, apply_b_dec: bool, k: int = 3):
+    """SAELens' documented inference, written out independently."""
+    sae_in = x - w["b_dec"] if apply_b_dec else x
+    pre = sae_in @ w["W_enc"] + w["b_enc"]
+    if arch == "standard":
+        f = torch.relu(pre)
+    elif arch == "jumprelu":
+        f = torch.relu(pre) * (pre > w["threshold"])
+    else:
+        v, i = pre.topk(k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, i, torch.relu(v))
+    return f, f @ w["W_dec"] + w["b_dec"]
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_load_foreign_saelens_folder(arch, apply_b_dec, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    w = {
+        "W_enc": torch.randn(6, 10, generator=g),
+        "b_enc": torch.randn(10, generator=g) * 0.3,
+        "W_dec": torch.randn(10, 6, generator=g),
+        "b_dec": torch.randn(6, generator=g),
+        "threshold": torch.rand(10, generator=g) * 0.5,
+    }
+    if arch != "jumprelu":
+        w.pop("threshold")
+    cfg = {
+        "architecture": arch,
+        "d_in": 6,
+        "d_sae": 10,
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": "none",
+        "metadata": {"hook_name": "blocks.3.hook_resid_post", "model_name": "m"},
+    }
+    if arch == "topk":
+        cfg["k"] = 3
+    save_file(w, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    sae = load(tmp_path)
+    assert sae.config.hook_name == "blocks.3.hook_resid_post"
+    x = torch.randn(8, 6, generator=g)
+    f, x_hat = _saelens_forward(w, x, arch, apply_b_dec)
+    torch.testing.assert_close(sae.encode(x), f)
+    torch.testing.assert_close(sae(x), x_hat)
+
+
+def test_load_sparsify_folder(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    w = {
+        "encoder.weight": torch.randn(12, 5, generator=g),
+        "encoder.bias": torch.randn(12, generator=g),
+        "W_dec": torch.randn(12, 5, generator=g),
+        "b_dec": torch.randn(5, generator=g),
+    }
+    save_file(w, str(tmp_path / "sae.safetensors"))
+    cfg = {"d_in": 5, "k": 4, "num_latents": 12, "expansion_factor": 32, "activation": "topk"}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    sae = load(tmp_path)
+    x = torch.randn(7, 5, generator=g)
+    pre = torch.relu((x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"])
+    v, i = pre.topk(4, dim=-1)
+    x_hat = torch.zeros_like(pre).scatter(-1, i, v) @ w["W_dec"] + w["b_dec"]
+    torch.testing.assert_close(sae(x), x_hat)
+
+
+def test_load_rejects_unknown_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no cfg.json"):
+        load(tmp_path)
+    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": 2}))
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load(tmp_path)
+    save_file({"W_enc": torch.zeros(2, 3), "b_enc": torch.zeros(3), "W_dec": torch.zeros(3, 2),
+               "b_dec": torch.zeros(2)}, str(tmp_path / "sae_weights.safetensors"))  # fmt: skip
+    with pytest.raises(ValueError, match="'gated' is not supported"):
+        load(tmp_path)
+
+
+# ----- bad input -------------------------------------------------------------------------------
+def test_bad_input_gives_clear_errors():
+    cfg = SAEConfig(arch="topk", d_in=4, n_features=8, k=2, batch_size=8)
+    x = torch.randn(64, 4)
+    with pytest.raises(ValueError, match="d_in=5 but the config says d_in=4"):
+        train(cfg, torch.randn(64, 5), progress=False)
+    bad = x.clone()
+    bad[10, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        train(cfg, bad, progress=False)
+    with pytest.raises(ValueError, match="shape \\(n_samples, d_in\\)"):
+        train(cfg, torch.randn(2, 8, 4), progress=False)
+    with pytest.raises(ValueError, match="expected activations of shape"):
+        build_sae(cfg).encode(torch.randn(3, 5))
+
+
+# ----- ground truth (REFERENCE §6, scaled-down Sharkey et al. set-up) ----------------------------
+def sharkey_data(n_samples=16384, n_features=64, d_model=32, seed=0):
+    """Unit ground-truth features, feature i active with probability prop. to 0.99^i (3 on
+    average), coefficients U[0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n_features, d_model, generator=g)
+    feats /= feats.norm(dim=1, keepdim=True)
+    p = 0.99 ** torch.arange(n_features, dtype=torch.float64)
+    p = (3.0 * p / p.sum()).float()
+    active = torch.rand(n_samples, n_features, generator=g) < p
+    coef = torch.rand(n_samples, n_features, generator=g) * active
+    return coef @ feats, feats
+
+
+def mmcs_to_truth(truth: torch.Tensor, learned: torch.Tensor) -> float:
+    """For each true feature the best |cosine| over the learned atoms, averaged."""
+    a = truth / truth.norm(dim=1, keepdim=True)
+    b = learned / learned.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return float((a @ b.T).abs().max(1).values.mean())
+
+
+@pytest.mark.parametrize(
+    "arch, kw",
+    [
+        ("relu", {"l1_coefficient": 3.0}),
+        ("tied_relu", {"l1_coefficient": 1.0}),
+        ("topk", {"k": 3}),
+        ("jumprelu", {"l0_coefficient": 1.0}),
+    ],
+)
+def test_recovers_ground_truth_features(arch, kw):
+    X, truth = sharkey_data()
+    cfg = SAEConfig(
+        arch=arch, d_in=32, n_features=64, batch_size=256, lr=1e-2, train_tokens=12 * len(X), **kw
+    )
+    sae = train(cfg, X, progress=False)
+    score = mmcs_to_truth(truth, sae.feature_directions.detach())
+    m = evaluate(sae, X)
+    assert score >= 0.9, (arch, score, m.summary())
+    assert m.l0 < 10 and m.fvu < 0.35
+    # chance level for 64 random atoms in 32 dimensions is ~0.45
+    rand = mmcs_to_truth(truth, torch.randn(64, 32))
+    assert rand < 0.6
