@@ -39,7 +39,11 @@ __all__ = [
 
 
 def _tensor(A: Any) -> torch.Tensor:
-    t = A if isinstance(A, torch.Tensor) else torch.from_numpy(np.asarray(A, dtype=np.float64))
+    t = (
+        A
+        if isinstance(A, torch.Tensor)
+        else torch.from_numpy(np.ascontiguousarray(A, dtype=np.float64))
+    )
     return t.to(torch.float64)
 
 
