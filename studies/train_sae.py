@@ -1,0 +1,242 @@
+"""Train one SAE on a layer's residual stream and report its metrics.
+
+    python -m studies.train_sae --layer 6 --arch topk --k 32 --expansion 8 --tokens 200000
+        [--out runs/train_sae] [--model NAME] [--device auto] [--seed 0]
+        [--activations CACHE_DIR] [--l1-coefficient 5] [--epochs 1] [--batch-size 4096]
+        [--lr LR] [--eval-sequences 16] [--checkpoint-every 200] [--overwrite] [--smoke]
+
+Activations come from the harvester's cache (``geomsae.activations.harvest``: reused when it
+exists, filled otherwise) or from ``--activations`` (a cache folder, or a ``.npy`` array of shape
+(n_tokens, d_model)). The SAE is written to ``--out`` as a SAELens folder (``cfg.json`` +
+``sae_weights.safetensors``) with ``metrics.json``, ``history.json``, ``report.json``,
+``report.md`` and ``feature_density.png``. A killed run resumes from its checkpoint when started
+again with the same arguments; a finished one is only replaced with ``--overwrite``.
+
+Metrics: L0, dead/dense fractions, MSE, FVU (around the mean) on the training activations, and,
+with the model, next-token CE with the SAE spliced in at the hook, KL to the clean model and
+CE loss recovered against zero ablation, on ``--eval-sequences`` windows of the corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geomsae.activations import DEFAULT_HOOK, harvest, open_cache
+from geomsae.models import TINY_MODEL, load_model
+from geomsae.sae import SAEConfig, evaluate, plot_feature_density, spliced_metrics, train
+from studies.common import (
+    Timer,
+    base_parser,
+    markdown_table,
+    save_figure,
+    seed_everything,
+    setup_logging,
+    write_atomic,
+    write_json,
+)
+
+logger = logging.getLogger("studies.train_sae")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSAEStudyConfig:
+    """Settings of the SAE training study."""
+
+    out: Path = Path("runs/train_sae")
+    """Output folder: the SAE (SAELens format) and the report."""
+    model: str | None = None
+    """Model name (None: the embedded SmolLM2-135M-Instruct)."""
+    device: str = "auto"
+    """Torch device."""
+    seed: int = 0
+    """Seed of the SAE initialisation, data order and harvest."""
+    layer: int = 6
+    """Layer whose residual stream is hooked."""
+    hook: str = DEFAULT_HOOK
+    """Hook name template ({layer} is substituted)."""
+    activations: str | None = None
+    """Cache folder or .npy array to train on instead of harvesting."""
+    tokens: int = 200_000
+    """Activation rows to harvest (and train on per epoch)."""
+    arch: str = "topk"
+    """SAE architecture (topk, batchtopk, relu, tied_relu, jumprelu)."""
+    k: int = 32
+    """Active features (TopK family)."""
+    expansion: float = 8.0
+    """Dictionary ratio d_sae / d_model."""
+    l1_coefficient: float = 5.0
+    """L1 coefficient (relu, tied_relu); also the L0 coefficient of jumprelu / 5."""
+    epochs: float = 1.0
+    """Passes over the activations."""
+    batch_size: int = 4096
+    """Tokens per step."""
+    lr: float | None = None
+    """Adam learning rate (None: 2e-4 / sqrt(d_sae / 2^14))."""
+    eval_sequences: int = 16
+    """Corpus windows for the spliced CE/KL metrics (0 skips them)."""
+    context_length: int = 128
+    """Tokens per window (harvest and spliced evaluation)."""
+    checkpoint_every: int | None = 200
+    """Steps between checkpoints."""
+    overwrite: bool = False
+    """Replace a finished SAE in --out."""
+
+
+SMOKE = TrainSAEStudyConfig(
+    out=Path("runs/train_sae_smoke"),
+    model=TINY_MODEL,
+    layer=2,
+    tokens=3000,
+    k=4,
+    expansion=2.0,
+    batch_size=256,
+    epochs=2.0,
+    eval_sequences=4,
+    context_length=32,
+    checkpoint_every=5,
+)
+
+
+def _activations(config: TrainSAEStudyConfig):
+    if config.activations is None:
+        return harvest(
+            config.tokens,
+            None,
+            model=config.model,
+            layers=(config.layer,),
+            hook=config.hook,
+            context_length=config.context_length,
+            seed=config.seed,
+            device=None if config.device == "auto" else config.device,
+        )
+    path = Path(config.activations)
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path, mmap_mode="r")[: config.tokens].astype(np.float32))
+    return open_cache(path)
+
+
+def _eval_tokens(model, n: int, length: int, seed: int) -> torch.Tensor:
+    """``n`` full windows of the default corpus, BOS first (documents in a seeded order)."""
+    from geomsae.activations.windows import iter_windows
+    from geomsae.text import load_corpus
+
+    corpus = load_corpus(None)
+    texts = [d.text for d in corpus.documents]
+    order = np.random.default_rng(seed + 991).permutation(len(texts))
+    tok = model.tokenizer
+    windows = []
+    for w in iter_windows(texts, order, tok, length, tok.bos_token_id):
+        if len(w.tokens) == length:
+            windows.append(torch.as_tensor(w.tokens))
+        if len(windows) == n:
+            break
+    return torch.stack(windows)
+
+
+def run(config: TrainSAEStudyConfig) -> dict:
+    """Train the SAE into ``config.out``, evaluate it, write the report, return it as a dict."""
+    seed_everything(config.seed)
+    timer = Timer()
+    out = Path(config.out)
+    with timer("activations"):
+        acts = _activations(config)
+    is_store = not isinstance(acts, torch.Tensor)
+    n_rows, d_in = (len(acts), acts.d_in) if is_store else acts.shape
+    hook_name = acts.hook if is_store else config.hook.format(layer=config.layer)
+    train_tokens = int(config.epochs * n_rows)
+    sae_config = SAEConfig(
+        arch=config.arch,
+        d_in=int(d_in),
+        expansion=config.expansion,
+        k=config.k,
+        l1_coefficient=config.l1_coefficient,
+        l0_coefficient=config.l1_coefficient / 5,
+        lr=config.lr,
+        batch_size=min(config.batch_size, n_rows),
+        train_tokens=train_tokens,
+        dead_tokens=max(min(10_000_000, train_tokens // 4), 1),
+        seed=config.seed,
+        hook_name=hook_name,
+        model_name=config.model or "smollm2-135m-instruct-gguf",
+    )
+    device = None if config.device == "auto" else config.device
+    with timer("train"):
+        sae = train(
+            sae_config,
+            acts,
+            out_dir=out,
+            device=device,
+            checkpoint_every=config.checkpoint_every,
+            overwrite=config.overwrite,
+        )
+    with timer("evaluate"):
+        m = evaluate(sae, acts, max_samples=200_000)
+        metrics = {"arch": config.arch, "d_sae": sae.n_features, **m.summary()}
+        if config.eval_sequences > 0:
+            model = load_model(config.model, device=device)
+            tokens = _eval_tokens(model, config.eval_sequences, config.context_length, config.seed)
+            sm = spliced_metrics(sae.to(next(model.parameters()).device), model, tokens)
+            metrics.update(dataclasses.asdict(sm))
+    metrics["train_tokens_per_second"] = train_tokens / timer.timings["train"]
+    write_json(out / "metrics.json", metrics)
+    ax = plot_feature_density(m.feature_density, label=config.arch)
+    save_figure(ax.figure, out / "feature_density.png")
+    report = {"config": config, "sae_config": sae_config.to_dict(), "metrics": metrics,
+              "timings": timer.timings}  # fmt: skip
+    write_json(out / "report.json", report)
+    table = markdown_table([metrics])
+    md = [
+        f"# SAE on `{hook_name}`\n\n",
+        f"{config.arch}, d_in {d_in}, d_sae {sae.n_features}, {train_tokens} training tokens "
+        f"({n_rows} distinct).\n\n",
+        table,
+        "\n![feature density](feature_density.png)\n\n## Timings (s)\n\n",
+        markdown_table([{k: round(v, 1) for k, v in timer.timings.items()}]),
+    ]
+    write_atomic(out / "report.md", "".join(md))
+    print(table)
+    print(f"SAE (SAELens format) and report in {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = base_parser(__doc__.splitlines()[0], "runs/train_sae")
+    d = TrainSAEStudyConfig()
+    p.add_argument("--layer", type=int, default=d.layer, help="layer to hook")
+    p.add_argument("--hook", default=d.hook, help="hook name template ({layer} substituted)")
+    p.add_argument("--activations", default=None, help="cache folder or .npy to train on")
+    p.add_argument("--tokens", type=int, default=d.tokens, help="activation rows")
+    p.add_argument("--arch", default=d.arch, choices=["topk", "batchtopk", "relu", "tied_relu",
+                   "jumprelu"], help="SAE architecture")  # fmt: skip
+    p.add_argument("--k", type=int, default=d.k, help="active features (TopK family)")
+    p.add_argument("--expansion", type=float, default=d.expansion, help="d_sae / d_model")
+    p.add_argument("--l1-coefficient", type=float, default=d.l1_coefficient, help="L1 alpha")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the data")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tokens per step")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--eval-sequences", type=int, default=d.eval_sequences, help="CE/KL windows")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished SAE in --out")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    base = SMOKE if args.smoke else d
+    given = {a: getattr(args, a) for a in ("model", "activations", "lr") if getattr(args, a)}
+    explicit = {
+        k: v
+        for k, v in vars(args).items()
+        if k in {f.name for f in dataclasses.fields(d)} and p.get_default(k) != v
+    }
+    config = dataclasses.replace(base, **{**explicit, **given})
+    if args.out != p.get_default("out") or not args.smoke:
+        config = dataclasses.replace(config, out=Path(args.out))
+    return run(config)
+
+
+if __name__ == "__main__":
+    main()
