@@ -1,0 +1,292 @@
+"""Affinities, Laplacians, spectra, Riemannian metric and radius selection vs known answers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geomsae.graph import (
+    LAPLACIANS,
+    adjacency_matrix,
+    affinity_matrix,
+    laplacian_matrix,
+    laplacian_spectrum,
+    riemannian_metric,
+    select_radius,
+)
+from geomsae.graph.laplacian import ROW_SUMS_ZERO, SYMMETRIC
+from geomsae.manifolds import sphere
+from geomsae.neighbors import knn
+
+
+def circle(n: int, warp: float = 0.0) -> np.ndarray:
+    s = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    t = s + warp * np.sin(s)  # warp > 0: non-uniform density along the circle
+    return np.c_[np.cos(t), np.sin(t)]
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    phi, th = np.arccos(1 - 2 * i / n), np.pi * (1 + 5**0.5) * i
+    return np.c_[np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)]
+
+
+def graph(X: np.ndarray, eps: float, method: str = "geometric", scale: bool = True):
+    K = affinity_matrix(adjacency_matrix(X, radius=3 * eps), eps)
+    return K, laplacian_matrix(K, method, scaling_epps=eps if scale else None)
+
+
+# ------------------------------------------------------------------------------------------
+# adjacency and affinity
+
+
+def test_adjacency_radius_and_knn_are_symmetric() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    A = adjacency_matrix(X, radius=1.0)
+    assert (abs(A - A.T)).max() == 0 and A.diagonal().sum() == 0
+    assert A.data.max() <= 1.0
+    G = adjacency_matrix(X, n_neighbors=4)
+    assert (abs(G - G.T)).max() == 0
+    nb = knn(X, 4)
+    D = np.linalg.norm(X[:, None] - X[None], axis=-1)
+    for i in range(60):  # every k-NN edge is present, in both directions, with its length
+        np.testing.assert_allclose(G[i, nb.indices[i]].toarray().ravel(), nb.distances[i])
+        np.testing.assert_allclose(G[nb.indices[i], i].toarray().ravel(), nb.distances[i])
+    r, c = G.nonzero()
+    np.testing.assert_allclose(G[r, c].A1, D[r, c])
+    with pytest.raises(ValueError, match="exactly one"):
+        adjacency_matrix(X, radius=1.0, n_neighbors=3)
+
+
+def test_affinity_values_diagonal_and_duplicates() -> None:
+    X = np.array([[0.0, 0.0], [0.3, 0.0], [0.3, 0.0], [5.0, 5.0]])
+    A = adjacency_matrix(X, radius=1.0)
+    K = affinity_matrix(A, 0.5)
+    np.testing.assert_allclose(K.diagonal(), 1.0)
+    assert K[0, 1] == pytest.approx(np.exp(-(0.3**2) / 0.25))
+    assert K[1, 2] == 1.0  # the duplicate pair: distance 0, an edge of affinity 1
+    assert K[0, 3] == 0 and K[3].nnz == 1
+    # a one-directional edge gets half its weight (megaman's (K + K^T) / 2)
+    one_way = sp.csr_matrix(([0.5], ([0], [1])), shape=(2, 2))
+    K1 = affinity_matrix(one_way, 1.0)
+    assert K1[0, 1] == K1[1, 0] == pytest.approx(0.5 * np.exp(-0.25))
+    with pytest.raises(ValueError, match="bandwidth"):
+        affinity_matrix(A, 0.0)
+    with pytest.raises(ValueError, match="sparse"):
+        affinity_matrix(np.eye(3), 1.0)
+    with pytest.raises(ValueError, match="finite distances"):
+        affinity_matrix(sp.csr_matrix(np.array([[0, np.nan], [1.0, 0]])), 1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Laplacians
+
+
+@pytest.mark.parametrize("method", sorted(LAPLACIANS))
+def test_laplacian_properties(method: str) -> None:
+    rng = np.random.default_rng(1)
+    K, L = graph(rng.standard_normal((80, 3)), 0.5, method, scale=False)
+    L = L.toarray()
+    if method in ROW_SUMS_ZERO:
+        np.testing.assert_allclose(L.sum(1), 0.0, atol=1e-12)
+    if method in SYMMETRIC:
+        np.testing.assert_allclose(L, L.T, atol=1e-14)
+    ev = np.linalg.eigvals(L)
+    assert np.abs(ev.imag).max() < 1e-8 and ev.real.min() > -1e-10  # PSD sign convention
+    assert np.sort(ev.real)[0] == pytest.approx(0.0, abs=1e-10)
+    Ls = laplacian_matrix(K, method, scaling_epps=0.5).toarray()
+    np.testing.assert_allclose(Ls, L * 4 / 0.25)
+    spec = laplacian_spectrum(K, 4, method)
+    np.testing.assert_allclose(spec.eigenvalues, np.sort(ev.real)[:4], atol=1e-10)
+    for lam, v in zip(spec.eigenvalues, spec.eigenvectors.T):  # right eigenvectors of L
+        np.testing.assert_allclose(L @ v, lam * v, atol=1e-9)
+
+
+def test_geometric_laplacian_formula_on_a_tiny_graph() -> None:
+    """Coifman-Lafon alpha = 1, then random walk, by hand (megaman's is the negative)."""
+    W = np.array([[1.0, 0.5, 0.1], [0.5, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    d = W.sum(1)
+    Wt = W / np.outer(d, d)
+    P = Wt / Wt.sum(1, keepdims=True)
+    np.testing.assert_allclose(laplacian_matrix(W).toarray(), np.eye(3) - P)
+    megaman_sign = -laplacian_matrix(sp.csr_matrix(W), "geometric").toarray()
+    np.testing.assert_allclose(megaman_sign, P - np.eye(3))
+    a = 0.5
+    Wa = W / np.outer(d**a, d**a)
+    np.testing.assert_allclose(
+        laplacian_matrix(W, "renormalized", renormalization_exponent=a).toarray(),
+        np.eye(3) - Wa / Wa.sum(1, keepdims=True),
+    )
+    with pytest.raises(ValueError, match="method must be one of"):
+        laplacian_matrix(W, "nope")
+    with pytest.raises(ValueError, match="square"):
+        laplacian_matrix(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="scaling_epps"):
+        laplacian_matrix(W, scaling_epps=-1.0)
+
+
+def test_circle_spectrum_is_k_squared() -> None:
+    """Scaled geometric Laplacian on the unit circle: 0, 1, 1, 4, 4, 9, 9 (-Delta on S^1)."""
+    K, _ = graph(circle(400), 0.1)
+    ev = laplacian_spectrum(K, 7, scaling_epps=0.1).eigenvalues
+    np.testing.assert_allclose(ev, [0, 1, 1, 4, 4, 9, 9], rtol=0.02, atol=1e-8)
+
+
+def test_geometric_laplacian_is_density_free() -> None:
+    """alpha = 1 removes the sampling density; the plain random walk does not."""
+    X = circle(500, warp=0.6)
+    eps = 0.1
+    K, _ = graph(X, eps)
+    target = np.array([1, 1, 4, 4])
+    geo = laplacian_spectrum(K, 5, "geometric", scaling_epps=eps).eigenvalues[1:]
+    rw = laplacian_spectrum(K, 5, "randomwalk", scaling_epps=eps).eigenvalues[1:]
+    np.testing.assert_allclose(geo, target, rtol=0.03)
+    assert np.abs(rw / target - 1).max() > 0.1
+
+
+def test_sphere_spectrum_is_l_times_l_plus_one() -> None:
+    """-Delta on S^2: 0, 2 (x3), 6 (x5); the sparse shift-invert path (n > 1000)."""
+    K, _ = graph(fibonacci_sphere(1500), 0.2)
+    ev = laplacian_spectrum(K, 9, scaling_epps=0.2).eigenvalues
+    np.testing.assert_allclose(ev, [0, 2, 2, 2, 6, 6, 6, 6, 6], rtol=0.03, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------------------
+# Riemannian metric
+
+
+def test_metric_of_isometric_flat_embedding_is_identity() -> None:
+    g = np.linspace(0, 1, 41)
+    X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    eps = 0.05
+    _, L = graph(X, eps)
+    inner = np.flatnonzero((np.abs(X - 0.5) < 0.5 - 3 * eps).all(1))
+    rm = riemannian_metric(X, L, indices=inner)
+    np.testing.assert_allclose(rm.dual, np.broadcast_to(np.eye(2), rm.dual.shape), atol=5e-3)
+    np.testing.assert_allclose(rm.metric, np.broadcast_to(np.eye(2), rm.dual.shape), atol=5e-3)
+    scaled = riemannian_metric(3 * X, L, indices=inner)  # stretch by 3: H = 9 I, G = I / 9
+    np.testing.assert_allclose(scaled.eigenvalues, 9.0, rtol=5e-3)
+    eye = np.broadcast_to(np.eye(2), scaled.dual.shape)
+    np.testing.assert_allclose(scaled.metric @ scaled.dual, eye, atol=1e-10)
+
+
+def test_metric_of_circle_is_the_tangent_projector() -> None:
+    """Unit circle in R^2 (arclength metric): H = t t^T, rank 1; G its pseudo-inverse."""
+    n = 400
+    X = circle(n)
+    _, L = graph(X, 0.1)
+    rm = riemannian_metric(X, L, n_dim=1)
+    s = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    T = np.c_[-np.sin(s), np.cos(s)]
+    proj = T[:, :, None] * T[:, None, :]
+    np.testing.assert_allclose(rm.dual, proj, atol=1e-2)
+    np.testing.assert_allclose(rm.metric, proj, atol=1e-2)
+    np.testing.assert_allclose(rm.eigenvalues[:, 0], 1.0, atol=1e-2)
+    assert np.abs(rm.eigenvalues[:, 1]).max() < 1e-2
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), method=st.sampled_from(sorted(LAPLACIANS)))
+def test_metric_matches_the_defining_formula(seed: int, method: str) -> None:
+    """H^{kl} = -1/2 [L(y_k y_l) - y_k L y_l - y_l L y_k], evaluated densely, for any L."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((40, 2))
+    Y = rng.standard_normal((40, 3))
+    _, L = graph(X, 0.8, method)
+    Ld = L.toarray()
+    H = np.empty((40, 3, 3))
+    for k in range(3):
+        for m in range(3):
+            H[:, k, m] = -0.5 * (
+                Ld @ (Y[:, k] * Y[:, m]) - Y[:, k] * (Ld @ Y[:, m]) - Y[:, m] * (Ld @ Y[:, k])
+            )
+    rm = riemannian_metric(Y, L, block_bytes=2000)  # tiny blocks: exercise the blocking
+    np.testing.assert_allclose(rm.dual, H, atol=1e-10)
+    sub = riemannian_metric(Y, L, indices=[3, 1])
+    np.testing.assert_allclose(sub.dual, H[[3, 1]], atol=1e-10)
+
+
+def test_metric_bad_input() -> None:
+    _, L = graph(circle(50), 0.2)
+    with pytest.raises(ValueError, match="finite"):
+        riemannian_metric(np.full((50, 2), np.nan), L)
+    with pytest.raises(ValueError, match="shape \\(50, 50\\)"):
+        riemannian_metric(circle(50), L[:10])
+    with pytest.raises(ValueError, match="n_dim"):
+        riemannian_metric(circle(50), L, n_dim=3)
+
+
+# ------------------------------------------------------------------------------------------
+# radius selection
+
+
+def test_distortion_has_an_interior_minimum_on_the_sphere() -> None:
+    X = sphere(800, random_state=0).X
+    radii = np.geomspace(0.25, 3.0, 9)
+    rs = select_radius(X, 2, radii, n_samples=60)
+    assert rs.criterion == "distortion" and rs.bandwidth == pytest.approx(rs.radius / 3)
+    d = rs.distortion
+    best = int(np.nanargmin(d))
+    assert 0 < best < len(radii) - 1  # neither too small (noise) nor too large (curvature)
+    assert d[best] < 0.3 and d[-1] > 1.5 * d[best] and d[0] > 1.5 * d[best]
+    assert 0.4 < rs.radius < 1.6  # radius 1.6 already spans most of the unit sphere
+    assert rs.eigengap.shape == rs.stability.shape == rs.mean_neighbors.shape == (9,)
+    assert np.isnan(rs.stability[-1]) and rs.valid.all()
+
+
+def test_eigengap_radius_grows_with_noise() -> None:
+    """lambda_3 / lambda_2 ~ noise^2 / r^2 + curvature * r^2: the optimum moves out with noise."""
+    base = sphere(800, random_state=1).X
+    rng = np.random.default_rng(1)
+    radii = np.geomspace(0.2, 1.6, 10)
+    chosen = []
+    for noise in (0.005, 0.04):
+        X = base + noise * rng.standard_normal(base.shape)
+        chosen.append(select_radius(X, 2, radii, criterion="eigengap", n_samples=60).radius)
+    assert chosen[1] > 1.5 * chosen[0], chosen
+
+
+def test_default_radii_and_invalid_radii() -> None:
+    X = sphere(400, random_state=2).X
+    rs = select_radius(X, 2, n_samples=40, n_radii=5, criterion="stability")
+    assert rs.valid[0] and rs.radii.size == 5 and np.isfinite(rs.stability[:-1]).all()
+    small = select_radius(X, 2, [1e-3, 0.5], n_samples=40)  # 1e-3: nobody has neighbours
+    assert not small.valid[0] and np.isnan(small.distortion[0]) and small.radius == 0.5
+    with pytest.raises(ValueError, match="no candidate radius"):
+        select_radius(X, 2, [1e-3], n_samples=40)
+    with pytest.raises(ValueError, match="criterion"):
+        select_radius(X, 2, criterion="best")
+    with pytest.raises(ValueError, match="1 <= d < D"):
+        select_radius(X, 3)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        select_radius(np.where(X > 0.99, np.inf, X), 2)
+
+
+# ------------------------------------------------------------------------------------------
+# megaman, when it can be imported (it cannot on Python 3.11 / NumPy 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("megaman") is None, reason="megaman not importable")
+def test_against_megaman() -> None:  # pragma: no cover - needs megaman
+    from megaman.geometry import Geometry
+
+    X = sphere(300, random_state=0).X
+    eps = 0.3
+    geom = Geometry(
+        adjacency_method="brute",
+        adjacency_kwds={"radius": 3 * eps},
+        affinity_method="gaussian",
+        affinity_kwds={"radius": eps},
+        laplacian_method="geometric",
+        laplacian_kwds={"scaling_epps": eps},
+    )
+    geom.set_data_matrix(X)
+    theirs = geom.compute_laplacian_matrix().toarray()
+    _, ours = graph(X, eps)
+    np.testing.assert_allclose(-theirs, ours.toarray(), atol=1e-8)  # megaman's sign is negative
