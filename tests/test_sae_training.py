@@ -1,0 +1,264 @@
+"""SAE training loop: determinism, several SAEs per pass, data streaming, resampling,
+checkpoint/resume after SIGKILL, refusing to overwrite, and data parallel (2 gloo processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geomsae.sae import Chunk, ChunkedSource, SAEConfig, as_source, load, train, train_many
+from geomsae.sae.trainer import _keep_fn, _Run, geometric_median, lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def data(n=4096, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(48, d, generator=g)
+    coef = torch.rand(n, 48, generator=g) * (torch.rand(n, 48, generator=g) < 0.06)
+    return coef @ feats + 0.01 * torch.randn(n, d, generator=g)
+
+
+def cfg(**kw):
+    base = dict(arch="topk", d_in=16, n_features=48, k=3, batch_size=128, lr=3e-3, seed=1)
+    base.update(kw)
+    return SAEConfig(**base)
+
+
+def weights(sae):
+    return {k: v.detach().clone() for k, v in sae.state_dict().items()}
+
+
+def assert_same(a, b, atol=0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=atol, msg=k)
+
+
+# ----- schedule and initialisation -------------------------------------------------------------
+def test_lr_schedule_warms_up_and_decays():
+    f = [lr_factor(s, 100, 10, 0.2) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[50] == 1.0
+    assert f[99] < 0.06 and all(a >= b for a, b in zip(f[80:], f[81:]))
+
+
+def test_geometric_median_resists_outliers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g) * 0.1
+    x[:40] += 100.0  # 8% far outliers pull the mean, not the median
+    gm = geometric_median(x)
+    assert gm.norm() < 0.1 < x.mean(0).norm()
+
+
+# ----- determinism and sweeps ------------------------------------------------------------------
+def test_training_is_deterministic_and_history_is_logged():
+    X = data()
+    c = cfg(train_tokens=4096 * 2)
+    a = train(c, X, progress=False, log_every=8)
+    b = train(c, X, progress=False, log_every=8)
+    assert_same(a, b)
+    assert [h["step"] for h in a.history_] == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert a.history_[-1]["fvu"] < a.history_[0]["fvu"]
+    assert all(h["l0"] == pytest.approx(3.0) for h in a.history_)
+
+
+def test_train_many_equals_separate_runs():
+    X = data()
+    # the data order follows configs[0].seed, so separate runs match when seeds agree
+    configs = [cfg(), cfg(arch="relu", l1_coefficient=2.0), cfg(k=5, n_features=64)]
+    many = train_many(configs, X, progress=False)
+    for c, sae in zip(configs, many):
+        assert_same(sae, train(c, X, progress=False))
+
+
+# ----- data ------------------------------------------------------------------------------------
+def test_streaming_covers_every_row_once_per_epoch_and_resumes():
+    X = torch.arange(600, dtype=torch.float32)[:, None].repeat(1, 2)
+    chunks = [Chunk(100, lambda i=i: (X[100 * i : 100 * (i + 1)], None)) for i in range(6)]
+    src = ChunkedSource(chunks, d_in=2, buffer_chunks=2)
+    it = src.batches(50, seed=3)
+    first = torch.cat([next(it) for _ in range(12)])  # one epoch
+    assert sorted(first[:, 0].tolist()) == list(range(600))
+    assert not torch.equal(first[:, 0], X[:, 0])  # shuffled
+    more = [next(it) for _ in range(5)]
+    resumed = src.batches(50, seed=3, start=12)
+    for b in more:
+        assert torch.equal(next(resumed), b)
+
+
+def test_exclusions_drop_high_norm_rows_and_bos():
+    X = torch.randn(1000, 4)
+    X[::100] *= 1000.0
+    pos = torch.arange(1000) % 10
+    src = ChunkedSource([Chunk(1000, lambda: (X, pos))], d_in=4)
+    keep = _keep_fn(cfg(d_in=4, exclude_high_norm=10.0, exclude_bos=True), src)
+    batch = torch.cat([next(src.batches(100, 0, keep)) for _ in range(1)])
+    assert batch.norm(dim=1).max() < 100
+    assert int(keep(X, pos).sum()) == 900  # the outliers sit at position 0 too
+    keep_norm = _keep_fn(cfg(d_in=4, exclude_high_norm=10.0, exclude_bos=False), src)
+    assert int(keep_norm(X, pos).sum()) == 990
+
+
+def test_trains_from_an_activation_store():
+    from geomsae.activations import ArrayStore
+
+    X = data(n=2048)
+    store = ArrayStore(X.numpy())
+    sae = train(cfg(train_tokens=2048), store, progress=False)
+    direct = train(cfg(train_tokens=2048), as_source(X), progress=False)
+    assert sae.history_[-1]["fvu"] == pytest.approx(direct.history_[-1]["fvu"], rel=0.3)
+    assert as_source(store).n_rows == 2048
+
+
+def test_resampling_revives_dead_l1_features():
+    X = data()
+    c = cfg(arch="relu", resample_every=10, dead_tokens=1000)
+    run = _Run(c, torch.device("cpu"), total_steps=100)
+    run.init_from_sample(X[:512])
+    for step in range(3):
+        run.step(X[step * 128 : (step + 1) * 128], step, 128, amp=False)
+    run.since_fired[:5] = 10**6
+    old = run.sae.W_dec[5:].clone()
+    n = run.resample(X[:256])
+    assert n == 5 and int((run.since_fired[:5] == 0).sum()) == 5
+    torch.testing.assert_close(run.sae.W_dec[5:], old)
+    # each new decoder row points along some centred input
+    dirs = X[:256] - run.sae.b_dec
+    cos = (
+        torch.nn.functional.normalize(run.sae.W_dec[:5], dim=1)
+        @ torch.nn.functional.normalize(dirs, dim=1).T
+    )
+    assert torch.allclose(cos.max(1).values, torch.ones(5), atol=1e-5)
+    assert torch.all(run.opt.state[run.sae.W_dec]["exp_avg"][:5] == 0)
+
+
+# ----- checkpoints -----------------------------------------------------------------------------
+SCRIPT = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+from geomsae.sae import SAEConfig, train
+X = torch.from_numpy(np.load(sys.argv[1]))
+c = SAEConfig(arch="topk", d_in=16, n_features=48, k=3, batch_size=64, lr=3e-3, seed=1,
+              train_tokens=int(sys.argv[3]))
+train(c, X, out_dir=sys.argv[2], checkpoint_every=int(sys.argv[4]), progress=False)
+"""
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "run.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_the_same_run(tmp_path):
+    X = data()
+    np.save(tmp_path / "x.npy", X.numpy())
+    out = tmp_path / "out"
+    total = 4096 * 25  # 1600 steps: long enough to be killed midway
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(_script(tmp_path, SCRIPT)), str(tmp_path / "x.npy"), str(out)]
+    proc = subprocess.Popen(cmd + [str(total), "100"], env=env)
+    ckpt = out / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run never wrote a checkpoint"
+    from geomsae.sae.checkpoint import read_checkpoint
+
+    _, meta = read_checkpoint(ckpt)
+    killed_at = meta["step"]
+    assert 0 < killed_at < total // 64 and killed_at % 100 == 0
+    assert not (out / "cfg.json").exists()
+
+    c = SAEConfig(arch="topk", d_in=16, n_features=48, k=3, batch_size=64, lr=3e-3, seed=1,
+                  train_tokens=total)  # fmt: skip
+    resumed = train(c, X, out_dir=out, checkpoint_every=100, progress=False)
+    assert not ckpt.exists() and (out / "cfg.json").exists()
+    steps = [h["step"] for h in resumed.history_]
+    assert steps == sorted(set(steps)) and steps[-1] == total // 64
+    straight = train(c, X, progress=False)
+    assert_same(resumed, straight, atol=1e-6)
+    torch.testing.assert_close(load(out)(X[:50]), straight(X[:50]), atol=1e-5, rtol=1e-5)
+
+
+def test_finished_runs_are_not_overwritten_and_configs_must_match(tmp_path):
+    X = data(n=1024)
+    c = cfg(train_tokens=1024)
+    train(c, X, out_dir=tmp_path / "a", progress=False)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        train(c, X, out_dir=tmp_path / "a", progress=False)
+    train(c, X, out_dir=tmp_path / "a", progress=False, overwrite=True)
+    # an unfinished checkpoint written for another config is not silently reused
+    c_long = cfg(train_tokens=1024 * 4)
+    with pytest.raises(ValueError, match="different configs"):
+        from geomsae.sae import checkpoint as ck
+
+        run = _Run(c_long, torch.device("cpu"), 32)
+        tensors = ck.run_tensors("0", run.sae, run.opt, run.since_fired, run.gen)
+        meta = {"configs": [c_long.to_dict()], "n_rows": 1024, "step": 3, "history": [[]]}
+        ck.write_checkpoint(tmp_path / "b" / ck.FILENAME, tensors, meta)
+        train(c, X, out_dir=tmp_path / "b", progress=False)
+
+
+# ----- data parallel ---------------------------------------------------------------------------
+DDP_SCRIPT = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+from geomsae.sae import SAEConfig, train_many
+X = torch.from_numpy(np.load(sys.argv[1]))
+configs = [SAEConfig(arch="topk", d_in=16, n_features=48, k=3, batch_size=128, lr=3e-3, seed=1,
+                     dead_tokens=512, train_tokens=4096 * 2),
+           SAEConfig(arch="relu", d_in=16, n_features=48, l1_coefficient=2.0, batch_size=128,
+                     lr=3e-3, seed=2, train_tokens=4096 * 2)]
+train_many(configs, X, out_dir=sys.argv[2], progress=False, checkpoint_every=16)
+assert torch.distributed.get_world_size() == 2
+open(f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.done", "w").close()
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(tmp_path):
+    X = data()
+    np.save(tmp_path / "x.npy", X.numpy())
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    script = str(_script(tmp_path, DDP_SCRIPT))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd = launcher + [script, str(tmp_path / "x.npy"), str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "ddp" / "rank0.done").exists() and (tmp_path / "ddp" / "rank1.done").exists()
+    configs = [
+        SAEConfig(arch="topk", d_in=16, n_features=48, k=3, batch_size=128, lr=3e-3, seed=1,
+                  dead_tokens=512, train_tokens=4096 * 2),
+        SAEConfig(arch="relu", d_in=16, n_features=48, l1_coefficient=2.0, batch_size=128,
+                  lr=3e-3, seed=2, train_tokens=4096 * 2),
+    ]  # fmt: skip
+    single = train_many(configs, X, progress=False)
+    for i, sae in enumerate(single):
+        dist_sae = load(tmp_path / "ddp" / f"sae_{i}")
+        x = X[:200]
+        torch.testing.assert_close(dist_sae(x), sae(x), atol=2e-4, rtol=2e-4)
+        torch.testing.assert_close(dist_sae.W_dec, sae.W_dec, atol=2e-4, rtol=2e-4)
+    assert single[0].history_[-1]["dead_fraction"] >= 0.0
