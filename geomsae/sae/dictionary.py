@@ -105,3 +105,63 @@ class Dictionary(nn.Module, abc.ABC):
             gate, w = gate[:, features], w[features]
         proj = torch.einsum("fD,nDd->nfd", w, bases.to(w.dtype))
         return gate.to(proj.dtype)[:, :, None] * proj
+
+    def subset(self, features) -> FeatureSubset:
+        """A view of this dictionary restricted to ``features`` (see :class:`FeatureSubset`)."""
+        return FeatureSubset(self, features)
+
+
+class FeatureSubset(Dictionary):
+    """The features ``features`` of a parent dictionary, as a dictionary of their own.
+
+    Activations and gates are computed by the parent on all its features, then restricted, so
+    the restriction is exact for TopK-style encoders whose gate depends on every feature.
+    ``decode`` reconstructs from the selected features only (the others set to zero).
+
+    Parameters
+    ----------
+    parent : Dictionary
+    features : sequence of int or Tensor of shape (n_selected,)
+        Parent indices: ``self.features[j]`` is the parent index of feature ``j``.
+    """
+
+    def __init__(self, parent: Dictionary, features) -> None:
+        super().__init__()
+        idx = torch.as_tensor(features, dtype=torch.long).flatten().cpu()
+        if idx.numel() == 0:
+            raise ValueError("FeatureSubset needs at least one feature index")
+        if int(idx.min()) < 0 or int(idx.max()) >= parent.n_features:
+            raise ValueError(
+                f"feature indices must lie in [0, {parent.n_features}), "
+                f"got min {int(idx.min())}, max {int(idx.max())}"
+            )
+        self.parent = parent
+        self.register_buffer("features", idx, persistent=False)
+        self.d_in = parent.d_in
+        self.n_features = int(idx.numel())
+
+    def _idx(self, like: Tensor) -> Tensor:
+        return self.features.to(like.device)
+
+    def encode(self, x: Tensor) -> Tensor:
+        codes = self.parent.encode(x)
+        return codes[:, self._idx(codes)]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        full = codes.new_zeros(codes.shape[0], self.parent.n_features)
+        full[:, self._idx(codes)] = codes
+        return self.parent.decode(full)
+
+    @property
+    def feature_directions(self) -> Tensor:
+        w = self.parent.feature_directions
+        return w[self._idx(w)]
+
+    @property
+    def encoder_directions(self) -> Tensor:
+        w = self.parent.encoder_directions
+        return w[self._idx(w)]
+
+    def jacobian_gate(self, x: Tensor) -> Tensor:
+        gate = self.parent.jacobian_gate(x)
+        return gate[:, self._idx(gate)]
