@@ -382,7 +382,8 @@ def load_corpus(
     Parameters
     ----------
     spec : str, Path, Corpus, list of str or None
-        ``None`` or ``"default"``: :func:`default_corpus`. A :class:`Corpus`: returned as is.
+        ``None`` or ``"default"``: :func:`default_corpus`; ``"embedded:numpy,scipy"``: the
+        embedded sources named (see :data:`SOURCES`). A :class:`Corpus`: returned as is.
         A list of strings: one document each. An existing file: one document per
         blank-line-separated paragraph (``.jsonl``: one per line, key ``text_column``). An
         existing folder: one document per ``.txt``/``.md``/``.rst`` file (``.jsonl``: one per
@@ -406,6 +407,8 @@ def load_corpus(
     """
     if spec is None or (isinstance(spec, str) and spec in ("", "default")):
         return default_corpus()
+    if isinstance(spec, str) and spec.startswith("embedded:"):
+        return default_corpus(tuple(s.strip() for s in spec[9:].split(",") if s.strip()))
     if isinstance(spec, Corpus):
         return spec
     if isinstance(spec, Sequence) and not isinstance(spec, str):

@@ -71,7 +71,9 @@ class HarvestStudyConfig:
     """Highest-norm tokens whose contexts are shown."""
 
 
-SMOKE = HarvestStudyConfig(out=Path("runs/harvest_smoke"), model=TINY_MODEL, tokens=600)
+SMOKE = HarvestStudyConfig(
+    out=Path("runs/harvest_smoke"), model=TINY_MODEL, corpus="embedded:python-docs", tokens=600
+)
 
 
 def _norm_stats(store, hook: str) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -186,13 +188,19 @@ def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0], "runs/harvest")
     p.add_argument("--layer", type=int, nargs="+", default=[6], help="layer(s) to harvest")
     p.add_argument("--tokens", type=int, default=20_000, help="activation rows to collect")
-    p.add_argument("--corpus", default=None, help="text file, folder or HF dataset name")
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help="text file, folder, HF dataset name or embedded:SOURCE,... (default: embedded)",
+    )
     p.add_argument("--hook", default=DEFAULT_HOOK, help="hook name; {layer} is substituted")
     p.add_argument("--context-length", type=int, default=128, help="tokens per window")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--overwrite", action="store_true", help="replace a mismatched cache")
-    p.add_argument("--smoke", action="store_true", help="tiny random model, 600 tokens")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny random model, Python docs only, 600 tokens"
+    )
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     _init_distributed()
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         base,
         out=Path(args.out) if not args.smoke or args.out != "runs/harvest" else base.out,
         model=args.model or base.model,
-        corpus=args.corpus,
+        corpus=args.corpus or base.corpus,
         device=args.device,
         seed=args.seed,
         layers=tuple(args.layer),

@@ -347,3 +347,25 @@ def test_two_gloo_ranks_share_one_cache(tiny_model, tiny_texts, tmp_path):
         window = [1] + tok(tiny_texts[doc], add_special_tokens=False)["input_ids"][:23]
         ref = _direct(tiny_model, window)[store.metadata.position[rows]]
         torch.testing.assert_close(x[rows], ref, atol=1e-5, rtol=1e-5)
+
+
+# -- default folder and the study ----------------------------------------------------------------
+
+
+def test_default_folder_is_keyed_and_reused(tiny_model, tiny_texts, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMSAE_CACHE_DIR", str(tmp_path))
+    a = harvest(120, model=tiny_model, corpus=tiny_texts, **KW)
+    assert a.path.parent == tmp_path / "activations"
+    b = harvest(100, model=tiny_model, corpus=tiny_texts, **KW)
+    c = harvest(100, model=tiny_model, corpus=tiny_texts, **{**KW, "layers": (2,)})
+    assert b.path == a.path and len(b) == 100 and c.path != a.path
+
+
+def test_harvest_study_smoke(tmp_path):
+    from studies.harvest import SMOKE, run
+
+    report = run(SMOKE.__class__(**{**SMOKE.__dict__, "out": tmp_path}))
+    assert report["cache"]["n_tokens"] == 600 and report["hooks"][0]["rows"] == 600
+    for name in ("manifest.json", "report.json", "report.md", "norms.png"):
+        assert (tmp_path / name).exists()
+    assert open_cache(tmp_path).d_in == 64

@@ -57,9 +57,16 @@ def test_docstrings_walk_in_source_order():
     ]
 
 
+def test_embedded_spec_selects_sources():
+    corpus = load_corpus("embedded:python-docs")
+    assert corpus.name == "python-docs" and {d.source for d in corpus} == {"python-docs"}
+
+
 def test_unknown_source():
     with pytest.raises(CorpusError, match="unknown corpus source"):
         default_corpus(("nonsense",))
+    with pytest.raises(CorpusError, match="unknown corpus source"):
+        load_corpus("embedded:numpy,nonsense")
     assert set(DEFAULT_SOURCES) <= set(SOURCES)
 
 
