@@ -187,6 +187,22 @@ def test_iter_batches_is_a_seeded_permutation(cache):
     torch.testing.assert_close(cache[[5, 2]], x[[5, 2]])
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_several_hooks_in_half_precision(cache, tiny_model, tiny_texts, tmp_path, dtype):
+    hooks = ("blocks.{layer}.hook_resid_post", "blocks.{layer}.hook_mlp_out")
+    store = harvest(700, tmp_path, model=tiny_model, corpus=tiny_texts,
+                    **{**KW, "layers": (0, 1), "hook": hooks, "dtype": dtype})  # fmt: skip
+    assert store.hooks == (
+        "blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
+        "blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out",
+    )  # fmt: skip
+    half = store.to_tensor(hook=HOOK)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, cache.to_tensor(), atol=0.05, rtol=0.02)
+    assert store.manifest["dtype"] == dtype
+    assert not torch.equal(store.to_tensor(hook="blocks.0.hook_mlp_out"), half)
+
+
 def test_array_store_has_the_same_api():
     data = np.arange(40, dtype=np.float32).reshape(10, 4)
     store = as_activation_store(data)
@@ -290,6 +306,15 @@ def test_bad_input_gets_one_clear_error(tiny_model, tiny_texts, tmp_path, kwargs
     args = {"n_tokens": 100, "model": tiny_model, "corpus": tiny_texts, **KW, **kwargs}
     with pytest.raises(error, match=match):
         harvest(out=tmp_path / "bad", **args)
+
+
+def test_non_token_hook_and_long_context_are_refused(tiny_model, tiny_texts, tmp_path):
+    with pytest.raises(ValueError, match="not one vector per token"):
+        harvest(50, tmp_path / "p", model=tiny_model, corpus=tiny_texts,
+                **{**KW, "hook": "blocks.{layer}.attn.hook_pattern"})  # fmt: skip
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        harvest(50, tmp_path / "q", model=tiny_model, corpus=tiny_texts,
+                **{**KW, "context_length": 65, "batch_tokens": 200})  # fmt: skip
 
 
 def test_unwritable_output_folder(tiny_model, tiny_texts, tmp_path):

@@ -241,6 +241,11 @@ def harvest(
         else load_model(model, device=device)
     )
     validate_hooks(bridge, hooks, cfg.layers)
+    n_ctx = getattr(bridge.cfg, "n_ctx", None)
+    if n_ctx is not None and cfg.context_length > n_ctx:
+        raise ValueError(
+            f"context_length {cfg.context_length} exceeds the model's context of {n_ctx} tokens"
+        )
     if state is None:
         state = _new_state(key, kh, hooks, bridge, cfg, rank, world_size)
     elif state["d_in"] != _d_in(bridge, hooks[0]):

@@ -97,6 +97,13 @@ def run_hooks(
     missing = [h for h in hooks if h not in captured]
     if missing:
         raise ValueError(f"hook(s) {missing} did not fire in the forward pass")
+    for h, a in captured.items():
+        if a.ndim < 3 or tuple(a.shape[:2]) != tuple(tokens.shape):
+            raise ValueError(
+                f"hook {h!r} gives shape {tuple(a.shape)}, not one vector per token "
+                f"(batch, seq_len, ...) = {tuple(tokens.shape)} + (...); harvest per-token hooks "
+                "such as hook_resid_post, hook_mlp_out or attn.hook_z"
+            )
     return {h: a.flatten(2) if a.ndim > 3 else a for h, a in captured.items()}
 
 

@@ -43,7 +43,7 @@ class ActivationSource(abc.ABC):
 
     @abc.abstractmethod
     def _read(self, hook: str, index: np.ndarray) -> torch.Tensor:
-        """Rows ``index`` (sorted int64 array) of ``hook`` in the stored dtype, on the CPU."""
+        """Rows ``index`` (sorted int64 array) of ``hook`` in the stored dtype (any device)."""
 
     @property
     def metadata(self) -> TokenMetadata | None:
@@ -69,7 +69,10 @@ class ActivationSource(abc.ABC):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
     ) -> torch.Tensor:
-        """Rows ``index`` (int, slice or integer array) as a tensor of shape (n, d_in)."""
+        """Rows ``index`` (int, slice or integer array) as a tensor of shape (n, d_in).
+
+        On ``device`` (the CPU by default), converted to ``dtype``.
+        """
         n = len(self)
         if isinstance(index, slice):
             idx = np.arange(n)[index]
@@ -80,7 +83,8 @@ class ActivationSource(abc.ABC):
             idx = np.where(idx < 0, idx + n, idx)
         order = np.argsort(idx, kind="stable")
         out = self._read(self._hook(hook), idx[order])
-        out = out[torch.from_numpy(np.argsort(order, kind="stable"))]
+        if not np.all(order[:-1] < order[1:]):  # undo the sort unless it was already in order
+            out = out[torch.from_numpy(np.argsort(order, kind="stable")).to(out.device)]
         return out.to(device=device or "cpu", dtype=dtype)
 
     def __getitem__(self, index) -> torch.Tensor:
@@ -170,7 +174,7 @@ class ArrayStore(ActivationSource):
         return int(self.data.shape[0])
 
     def _read(self, hook: str, index: np.ndarray) -> torch.Tensor:
-        return self.data[torch.from_numpy(index).to(self.data.device)].cpu()
+        return self.data[torch.from_numpy(index).to(self.data.device)]
 
     @property
     def metadata(self) -> TokenMetadata | None:
