@@ -160,7 +160,7 @@ def subset_scores(problem: TSLassoProblem, subsets: Tensor) -> Tensor:
     Xs = problem.X[:, :, subsets]  # (n, d, m, d)
     Xs = Xs.permute(2, 0, 1, 3)  # (m, n, d, d): X_i[:, S]
     beta = torch.linalg.pinv(Xs)  # (m, n, d, d): rows are the subset's functions
-    return beta.square().sum(dim=(1, 3)).sqrt().sum(dim=1)
+    return torch.linalg.vector_norm(beta, dim=(1, 3)).sum(dim=1)
 
 
 def two_stage_support(

@@ -111,7 +111,7 @@ class TSLassoProblem:
         conditions). Shape (n_functions,). One pass over ``X``: ``n p d^2`` multiply-adds.
         """
         g = torch.bmm(self.X.transpose(1, 2), residual)  # (n, p, d)
-        return g.square().sum(dim=(0, 2)).sqrt()
+        return torch.linalg.vector_norm(g, dim=(0, 2))
 
     def lambda_max(self) -> float:
         """Smallest ``lam`` with solution 0: ``max_j sqrt(sum_i ||X_i[:, j]||^2)``."""
@@ -119,7 +119,7 @@ class TSLassoProblem:
 
     def column_norms(self) -> Tensor:
         """``sqrt(sum_i ||X_i[:, j]||^2)`` per function, shape (n_functions,); <= sqrt(n)."""
-        return self.X.square().sum(dim=(0, 1)).sqrt()
+        return torch.linalg.vector_norm(self.X, dim=(0, 1))
 
 
 def group_norms(coef: Tensor) -> Tensor:
@@ -127,7 +127,7 @@ def group_norms(coef: Tensor) -> Tensor:
 
     coef : Tensor of shape (n_samples, n_selected, d) -> Tensor of shape (n_selected,).
     """
-    return coef.square().sum(dim=(0, 2)).sqrt()
+    return torch.linalg.vector_norm(coef, dim=(0, 2))
 
 
 def _normalised(projected_ndp: Tensor, ambient_sq: Tensor | None) -> TSLassoProblem:

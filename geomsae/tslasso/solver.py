@@ -219,12 +219,12 @@ def kkt_violation(
     viol = torch.zeros((), dtype=problem.dtype, device=problem.device)
     if bool(on.any()):
         sub = coef[:, on] / norms[on][None, :, None]
-        stat = (g[:, features[on]] - lam * sub).square().sum(dim=(0, 2)).sqrt()
+        stat = torch.linalg.vector_norm(g[:, features[on]] - lam * sub, dim=(0, 2))
         viol = torch.maximum(viol, stat.max())
     off = torch.ones(problem.n_functions, dtype=torch.bool, device=problem.device)
     off[features[on]] = False
     if bool(off.any()):
-        corr = g[:, off].square().sum(dim=(0, 2)).sqrt()
+        corr = torch.linalg.vector_norm(g[:, off], dim=(0, 2))
         viol = torch.maximum(viol, (corr - lam).clamp(min=0).max())
     return float(viol) / lam
 
