@@ -394,3 +394,30 @@ def test_harvest_study_smoke(tmp_path):
     for name in ("manifest.json", "report.json", "report.md", "norms.png"):
         assert (tmp_path / name).exists()
     assert open_cache(tmp_path).d_in == 64
+
+
+def test_memory_stays_bounded_while_harvesting_and_reading(
+    tiny_model, tiny_texts, tmp_path, monkeypatch
+):
+    from geomsae.activations.writer import RankWriter
+
+    peak = {"writer": 0, "read": 0}
+    real_add = RankWriter.add
+
+    def add(self, acts, meta):
+        real_add(self, acts, meta)
+        peak["writer"] = max(peak["writer"], self._buffered)
+
+    monkeypatch.setattr(RankWriter, "add", add)
+    store = harvest(1500, tmp_path, model=tiny_model, corpus=tiny_texts, **KW)
+    assert peak["writer"] < KW["shard_rows"] + KW["batch_tokens"]  # one shard + one batch
+    assert len(store.manifest["shards"]) >= 1500 // (KW["shard_rows"] + KW["batch_tokens"])
+    real_read = store._read
+
+    def read(hook, index):
+        peak["read"] = max(peak["read"], len(index))
+        return real_read(hook, index)
+
+    store._read = read
+    n = sum(len(b) for b in store.iter_batches(50, shuffle=True, buffer_rows=200))
+    assert n == 1500 and peak["read"] == 200
