@@ -23,6 +23,7 @@ Estimators (``ESTIMATORS`` maps each name to its class):
 ``GRIDE``                 Denti et al. 2022, TwoNN at neighbour ranks (n1, n2)
 ``CorrelationDimension``  Grassberger-Procaccia slope of log C(r)
 ``MiNDML``                Rozza et al. 2012, likelihood of r_1 / r_(k+1)
+``Calibrated``            any of the above, bias-corrected on uniform balls (as DANCo)
 ========================  ==========================================================
 
 Conventions: inputs are numpy arrays or torch tensors of shape (n_samples, n_features) (torch
@@ -32,6 +33,7 @@ or :func:`geomsae.neighbors.deduplicate`); NaN/Inf, 1-D input and too few points
 """
 
 from geomsae.dimension.base import IDEstimator, prepare_points
+from geomsae.dimension.calibrated import Calibrated, calibrated
 from geomsae.dimension.corrint import CorrelationDimension, correlation_dimension
 from geomsae.dimension.gride import GRIDE, gride
 from geomsae.dimension.lpca import LocalPCA, local_pca
@@ -46,11 +48,13 @@ ESTIMATORS: dict[str, type[IDEstimator]] = {
     "gride": GRIDE,
     "corrint": CorrelationDimension,
     "mind_ml": MiNDML,
+    "calibrated": Calibrated,
 }
 """Short name -> estimator class, for loops over all estimators."""
 
 __all__ = [
     "ESTIMATORS",
+    "Calibrated",
     "GRIDE",
     "MLE",
     "CorrelationDimension",
@@ -58,6 +62,7 @@ __all__ = [
     "LocalPCA",
     "MiNDML",
     "TwoNN",
+    "calibrated",
     "correlation_dimension",
     "gride",
     "local_pca",
