@@ -33,6 +33,7 @@ from geomsae.activations.manifest import (
     MANIFEST,
     VERSION,
     VOCAB,
+    check_shard,
     key_differences,
     key_hash,
     progress_path,
@@ -266,11 +267,10 @@ def harvest(
 
 
 def _d_in(bridge, hook: str) -> int:
-    return int(
-        run_hooks(bridge, bridge.to_tokens("a")[:, :2], [hook], stop_layer(bridge, [hook]))[
-            hook
-        ].shape[-1]
-    )
+    """Width of ``hook``'s activations, from a two-token forward pass."""
+    tokens = bridge.to_tokens("a")[:, :2]
+    act = run_hooks(bridge, tokens, [hook], stop_layer(bridge, [hook]))[hook]
+    return int(act.shape[-1])
 
 
 def _new_state(key, kh, hooks, bridge, cfg, rank, world_size) -> dict:
@@ -321,8 +321,6 @@ def _existing_state(
         raise CacheError(
             f"an interrupted harvest in {folder} does not match: {'; '.join(diffs)}; {hint}"
         )
-    from geomsae.activations.manifest import check_shard
-
     for entry in state["shards"]:
         check_shard(folder, entry, state["hooks"], state["d_in"], state["dtype"], verify)
     quota = _quota(n_tokens, rank, world_size)
@@ -363,6 +361,8 @@ def _harvest_rank(bridge, docs, cfg, hooks, writer: RankWriter, rank, world_size
     stop = stop_layer(bridge, hooks)
     device = next(bridge.parameters()).device
     quota = _quota(cfg.n_tokens, rank, world_size)
+    if writer.rows_done >= quota:  # resumed after this rank had finished
+        return False
     order = document_order(len(docs), cfg.seed, rank, world_size)
     texts = [d.text for d in docs]
     windows = iter_windows(texts, order, tok, cfg.context_length, bos)
