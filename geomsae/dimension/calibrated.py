@@ -103,7 +103,7 @@ class Calibrated(IDEstimator):
     >>> X = cube(2500, d=20, random_state=0).X
     >>> est = Calibrated().fit(X)
     >>> round(est.raw_dimension_), abs(est.dimension_ - 20) < 2
-    (15, True)
+    (16, True)
     """
 
     def __init__(
