@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geomsae.superposition.stability import compare_sizes
+from geomsae.superposition import make_sparse_features
+from geomsae.superposition.stability import compare_sizes, stability_of_p
 
 
 def _fake_dictionary(truth: torch.Tensor, p: int, gen: torch.Generator) -> torch.Tensor:
@@ -74,3 +75,43 @@ def test_compare_sizes_rejects_bad_input() -> None:
         compare_sizes([[np.eye(3), np.eye(3)]], [3, 3], [0])
     with pytest.raises(ValueError, match=r"\[seed\]\[size\]"):
         compare_sizes([[np.eye(3)]], [3, 6], [0])
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny SAEs are overhead-bound; one thread avoids oversubscribing a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.slow
+def test_stability_of_p_recovers_the_number_of_synthetic_features(one_thread) -> None:
+    from geomsae.sae import SAEConfig
+
+    G = 48
+    data = make_sparse_features(20_000, n_features=G, d_model=32, n_active=3, random_state=0)
+    base = SAEConfig(
+        d_in=32,
+        arch="batchtopk",
+        k=3,
+        batch_size=512,
+        train_tokens=400_000,
+        lr=5e-3,
+        init_samples=10_000,
+    )
+    run = stability_of_p(data.X, base, sizes=[24, 48, 96, 192], seeds=(0, 1), progress=False)
+    res = run.result
+    assert 0.75 * G <= res.estimate <= 1.25 * G, res.n_matched
+    assert 0.75 * G <= res.interval[0] and res.interval[1] <= 1.25 * G
+    assert res.saturated
+    # below G the neighbours agree on most atoms; past G only ~G of the 2G atoms recur
+    assert res.fraction_matched[:, 2].max() < 0.85
+    assert len(run.dictionaries) == 2 and [d.n_features for d in run.dictionaries[0]] == [
+        24,
+        48,
+        96,
+        192,
+    ]
+    assert run.configs[1][2].seed == 1002

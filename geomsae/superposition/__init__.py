@@ -5,6 +5,7 @@
 - :func:`effective_features` -- ``exp(H(q))`` (Bereska et al. 2025).
 - :func:`train_toy_models` -- Toy Models of Superposition, many instances at once.
 - :func:`make_sparse_features` -- synthetic data with known features (Sharkey et al. 2022).
+- :func:`stability_of_p` -- SAEs of several sizes; how many features recur (Sharkey et al. 2022).
 """
 
 from geomsae.superposition.compare import (
@@ -33,6 +34,14 @@ from geomsae.superposition.effective import (
     effective_features_from_means,
     mean_abs_activation,
 )
+from geomsae.superposition.stability import (
+    DEFAULT_RATIOS,
+    StabilityResult,
+    StabilityRun,
+    alive_features,
+    compare_sizes,
+    stability_of_p,
+)
 from geomsae.superposition.toy_model import (
     ToyModel,
     ToyModelResult,
@@ -43,6 +52,12 @@ from geomsae.superposition.toy_model import (
 )
 
 __all__ = [
+    "DEFAULT_RATIOS",
+    "StabilityResult",
+    "StabilityRun",
+    "alive_features",
+    "compare_sizes",
+    "stability_of_p",
     "Matching",
     "STICKY_FRACTIONS",
     "SparseFeatureData",

@@ -14,6 +14,7 @@ from geomsae.superposition.dimensionality import STICKY_FRACTIONS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from geomsae.superposition.stability import StabilityResult
     from geomsae.superposition.toy_model import ToyModelResult
 
 
@@ -121,5 +122,55 @@ def plot_dimensionality_phase(result: ToyModelResult) -> Figure:
     ax.set_xlabel("1 / (1 - S)")
     ax.set_ylabel("feature dimensionality")
     ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stability(result: StabilityResult) -> Figure:
+    """Stability-of-p curves: matched fraction and MMCS per neighbour pair; matched count."""
+    import matplotlib.pyplot as plt
+
+    p = result.sizes[:-1]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fm = result.fraction_matched
+    ax1.fill_between(p, fm.min(axis=0), fm.max(axis=0), color="C0", alpha=0.2)
+    ax1.plot(
+        p,
+        np.median(fm, axis=0),
+        "o-",
+        color="C0",
+        label=f"fraction matched (cos >= {result.threshold:g}) to next size",
+    )
+    ax1.plot(p, np.median(result.mmcs, axis=0), "s--", color="C1", label="MMCS to next size")
+    if np.isfinite(result.cross_seed_fraction).any():
+        ax1.plot(
+            result.sizes,
+            result.cross_seed_fraction,
+            "^:",
+            color="C2",
+            label="fraction matched across seeds (same size)",
+        )
+    ax1.set_xscale("log", base=2)
+    ax1.set_ylim(0, 1.05)
+    ax1.set_xlabel("dictionary size p")
+    ax1.legend(fontsize=7, loc="lower left")
+    nm = result.n_matched
+    ax2.fill_between(p, nm.min(axis=0), nm.max(axis=0), color="C0", alpha=0.2)
+    ax2.plot(p, np.median(nm, axis=0), "o-", color="C0", label="matched features")
+    ax2.plot(p, p, color="0.6", lw=0.8, ls=":", label="n = p")
+    lo, hi = result.interval
+    ax2.axhspan(lo, hi, color="C3", alpha=0.15)
+    kind = "" if result.saturated else " (lower bound)"
+    ax2.axhline(
+        result.estimate,
+        color="C3",
+        lw=1.2,
+        label=f"estimate {result.estimate:.0f} [{lo:.0f}, {hi:.0f}]{kind}",
+    )
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log", base=2)
+    ax2.set_xlabel("dictionary size p")
+    ax2.set_ylabel("atoms matched to the next size")
+    ax2.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -203,5 +203,96 @@ def alive_features(dictionary: torch.nn.Module, X: Tensor, batch_size: int = 409
     return fired.cpu().numpy()
 
 
-TrainFn = Callable[[list, Tensor], list]
-"""``train_fn(configs, X) -> dictionaries``: trains one dictionary per config on ``X``."""
+DEFAULT_RATIOS: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16)
+"""Dictionary sizes as multiples of ``d_in`` (REFERENCE section 6)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityRun:
+    """A stability-of-p run: the comparison and the trained dictionaries.
+
+    Attributes
+    ----------
+    result : StabilityResult
+    dictionaries : list of list of SAE
+        ``dictionaries[seed][size]``, trained in one shared pass over the data.
+    configs : list of list of SAEConfig
+        The configurations they were trained with (same layout).
+    """
+
+    result: StabilityResult
+    dictionaries: list[list]
+    configs: list[list]
+
+
+def stability_of_p(
+    activations,
+    base_config,
+    sizes: Sequence[int] | None = None,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seeds: Sequence[int] = (0, 1),
+    eval_samples: int = 10_000,
+    threshold: float = 0.9,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> StabilityRun:
+    """Train SAEs of several sizes and seeds in one pass and compare neighbouring sizes.
+
+    Parameters
+    ----------
+    activations : array or Tensor of shape (n_samples, d_in), activation cache, or its path
+        Anything :func:`geomsae.sae.train_many` accepts.
+    base_config : SAEConfig
+        Architecture, sparsity (one ``k`` or ``l1_coefficient`` for all sizes), optimisation and
+        data fields; ``n_features`` and ``seed`` are replaced per SAE.
+    sizes : sequence of int, optional
+        Dictionary sizes ``p``; by default ``round(ratio * d_in)`` for ``ratios``.
+    ratios : sequence of float
+        Sizes as multiples of ``d_in`` when ``sizes`` is not given.
+    seeds : sequence of int
+        One SAE per size and seed. SAE seeds are ``1000 * seed + size index``, so sizes do
+        not share initial weights.
+    eval_samples : int
+        Rows (from a shuffled pass) on which a feature must fire to count as alive.
+    threshold : float
+        Cosine of a match.
+    device : str or torch.device, optional
+    progress : bool
+
+    Returns
+    -------
+    StabilityRun
+    """
+    from geomsae.sae import as_source, train_many
+
+    d_in = base_config.d_in
+    if sizes is None:
+        if not ratios:
+            raise ValueError("give sizes or ratios (e.g. ratios=(0.5, 1, 2, 4, 8, 16))")
+        sizes = sorted({max(1, int(round(r * d_in))) for r in ratios})
+    sizes = [int(p) for p in sizes]
+    if len(sizes) < 2 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise ValueError(f"sizes must be at least two increasing integers, got {sizes}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if base_config.arch in ("topk", "batchtopk") and base_config.k > sizes[0]:
+        raise ValueError(
+            f"k={base_config.k} exceeds the smallest size {sizes[0]}; drop that size or lower k"
+        )
+    configs = [
+        [
+            dataclasses.replace(base_config, n_features=p, expansion=None, seed=1000 * s + i)
+            for i, p in enumerate(sizes)
+        ]
+        for s in seeds
+    ]
+    flat = [c for row in configs for c in row]
+    logger.info("stability of p: %d SAEs (sizes %s x %d seeds)", len(flat), sizes, len(seeds))
+    saes = train_many(flat, activations, device=device, progress=progress)
+    dicts = [saes[j * len(sizes) : (j + 1) * len(sizes)] for j in range(len(seeds))]
+    source = as_source(activations, d_in=d_in)
+    X_eval = source.sample(eval_samples, seed=int(seeds[0]) + 7)
+    alive = [[alive_features(sae, X_eval) for sae in row] for row in dicts]
+    directions = [[sae.feature_directions.detach().cpu() for sae in row] for row in dicts]
+    result = compare_sizes(directions, sizes, list(seeds), alive, threshold=threshold)
+    return StabilityRun(result=result, dictionaries=dicts, configs=configs)
