@@ -322,3 +322,40 @@ def test_recovers_ground_truth_features(arch, kw):
     # chance level for 64 random atoms in 32 dimensions is ~0.45
     rand = mmcs_to_truth(truth, torch.randn(64, 32))
     assert rand < 0.6
+
+
+SAELENS_PYTHON = "/work/saelens-venv/bin/python"
+SAELENS_CHECK = """
+import sys, numpy as np, torch
+from sae_lens import SAE
+x = torch.from_numpy(np.load(sys.argv[1]))
+for folder in sys.argv[2:]:
+    sae = SAE.load_from_disk(folder)
+    np.save(folder + "/out.npy", sae(x).detach().numpy())
+    np.save(folder + "/codes.npy", sae.encode(x).detach().numpy())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not __import__("os").path.exists(SAELENS_PYTHON),
+    reason="SAELens lives in its own venv (sae-lens needs transformer-lens<4)",
+)
+def test_saelens_reads_our_folders(tmp_path):
+    import subprocess
+
+    saes = {arch: random_sae(arch, dtype=torch.float32) for arch in ARCHS}
+    saes["tied_relu"].set_input_scale(1.7)
+    for arch, sae in saes.items():
+        sae.save(tmp_path / arch)
+    x = torch.randn(9, 6)
+    np.save(tmp_path / "x.npy", x.numpy())
+    folders = [str(tmp_path / arch) for arch in saes]
+    cmd = [SAELENS_PYTHON, "-c", SAELENS_CHECK, str(tmp_path / "x.npy"), *folders]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for arch, sae in saes.items():
+        codes = torch.from_numpy(np.load(tmp_path / arch / "codes.npy"))
+        torch.testing.assert_close(codes, sae.encode(x).detach(), msg=arch)
+        out = torch.from_numpy(np.load(tmp_path / arch / "out.npy"))
+        torch.testing.assert_close(out, sae(x).detach(), msg=arch)

@@ -223,6 +223,7 @@ def train_many(
     log_every: int = 50,
     amp: bool | None = None,
     compile: bool = False,
+    decode: str = "auto",
     _single: bool = False,
 ) -> list[SAE]:
     """Train several SAEs on one shared pass over the data.
@@ -252,6 +253,10 @@ def train_many(
         bf16 autocast; default on for CUDA, off on CPU.
     compile : bool
         ``torch.compile`` the training steps (CUDA; needs a working compiler toolchain).
+    decode : {"auto", "sparse", "dense"}
+        TopK-family training path: sparse gather/``embedding_bag`` kernels or dense matmuls.
+        "auto" is sparse on CPU (about 3x faster there at k/d_sae = 1/144, see
+        ``benchmarks/bench_sae.py``) and dense on CUDA.
 
     Returns
     -------
@@ -261,6 +266,8 @@ def train_many(
     """
     configs = list(configs)
     _check_configs(configs)
+    if decode not in ("auto", "sparse", "dense"):
+        raise ValueError(f"decode={decode!r}; use 'auto', 'sparse' or 'dense'")
     c0 = configs[0]
     dev = resolve_device(device)
     info = ddp.setup_distributed(dev)
@@ -294,6 +301,8 @@ def train_many(
     sample = source.sample(c0.init_samples, c0.seed + 1, keep).to(dev)
     scale = math.sqrt(c0.d_in) / float(sample.norm(dim=1).mean().clamp_min(1e-12))
     runs = [_Run(c, dev, total_steps) for c in configs]
+    for run in runs:
+        run.sae.decode_impl = decode
     scales = [scale if c.normalize_activations else 1.0 for c in configs]
     for run, s in zip(runs, scales):
         run.init_from_sample(sample * s)
