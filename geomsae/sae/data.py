@@ -47,7 +47,7 @@ class ChunkedSource:
         Chunks held in memory at a time while streaming.
     """
 
-    def __init__(self, chunks: Sequence[Chunk], d_in: int, buffer_chunks: int = 8):
+    def __init__(self, chunks: Sequence[Chunk], d_in: int, buffer_chunks: int = 4):
         if not chunks or sum(c.n_rows for c in chunks) == 0:
             raise ValueError("the activation source is empty; harvest or pass some activations")
         self.chunks = list(chunks)
@@ -71,23 +71,28 @@ class ChunkedSource:
         self,
         seed: int,
         keep: Callable[[Tensor, Tensor | None], Tensor] | None = None,
-    ) -> Iterator[Tensor]:
-        """Endless shuffled stream of row blocks (each a shuffled buffer, float32, CPU)."""
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Endless stream of buffers ``(data, order)``: ``data`` holds the rows of a few chunks
+        (the array itself, uncopied, for a one-chunk source) and ``order`` the shuffled indices
+        of its kept rows."""
         epoch = 0
         while True:
             gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
-            order = torch.randperm(len(self.chunks), generator=gen).tolist()
-            for start in range(0, len(order), self.buffer_chunks):
-                parts = []
-                for i in order[start : start + self.buffer_chunks]:
+            chunk_order = torch.randperm(len(self.chunks), generator=gen).tolist()
+            for start in range(0, len(chunk_order), self.buffer_chunks):
+                parts, keeps = [], []
+                for i in chunk_order[start : start + self.buffer_chunks]:
                     x, pos = self._load(i)
-                    x = x.float()
-                    if keep is not None:
-                        x = x[keep(x, pos)]
                     parts.append(x)
-                block = torch.cat(parts) if len(parts) > 1 else parts[0]
-                if len(block):
-                    yield block[torch.randperm(len(block), generator=gen)]
+                    if keep is not None:
+                        keeps.append(keep(x, pos))
+                data = torch.cat(parts) if len(parts) > 1 else parts[0]
+                kept = torch.cat(keeps).nonzero().squeeze(1) if keeps else None
+                n = len(data) if kept is None else len(kept)
+                if n == 0:
+                    continue
+                order = torch.randperm(n, generator=gen)
+                yield data, (order if kept is None else kept[order])
             epoch += 1
 
     def batches(
@@ -97,28 +102,37 @@ class ChunkedSource:
         keep: Callable[[Tensor, Tensor | None], Tensor] | None = None,
         start: int = 0,
     ) -> Iterator[Tensor]:
-        """Endless stream of (batch_size, d_in) batches; the first ``start`` are skipped."""
-        leftover: Tensor | None = None
+        """Endless stream of float32 (batch_size, d_in) batches, the first ``start`` skipped.
+
+        Batches are gathered from the buffer only when they are used, so skipping on resume
+        and a large in-memory array cost no copies.
+        """
+        leftover = torch.empty(0, self.d_in)
         produced = 0
-        for block in self.stream(seed, keep):
-            if leftover is not None and len(leftover):
-                block = torch.cat([leftover, block])
-            n_full = len(block) // batch_size
-            if produced + n_full <= start:  # skip whole blocks cheaply on resume
-                produced += n_full
-                leftover = block[n_full * batch_size :]
-                continue
-            for b in range(n_full):
+        for data, order in self.stream(seed, keep):
+            pos = 0
+            if len(leftover):
+                need = batch_size - len(leftover)
+                if need > len(order):
+                    leftover = torch.cat([leftover, data[order].float()])
+                    continue
+                batch = torch.cat([leftover, data[order[:need]].float()])
+                pos = need
                 if produced >= start:
-                    yield block[b * batch_size : (b + 1) * batch_size]
+                    yield batch
                 produced += 1
-            leftover = block[n_full * batch_size :]
+            while pos + batch_size <= len(order):
+                if produced >= start:
+                    yield data[order[pos : pos + batch_size]].float()
+                produced += 1
+                pos += batch_size
+            leftover = data[order[pos:]].float()
 
     def sample(self, n: int, seed: int, keep=None) -> Tensor:
         """``n`` rows (fewer if the data are smaller) from a shuffled pass, shape (n, d_in)."""
         out, got = [], 0
-        for block in self.stream(seed, keep):
-            out.append(block[: n - got])
+        for data, order in self.stream(seed, keep):
+            out.append(data[order[: n - got]].float())
             got += len(out[-1])
             if got >= n or got >= self.n_rows:
                 break
@@ -144,7 +158,7 @@ def _array_source(x, d_in: int | None) -> ChunkedSource:
 
 
 def as_source(
-    activations, d_in: int | None = None, hook: str | None = None, buffer_chunks: int = 8
+    activations, d_in: int | None = None, hook: str | None = None, buffer_chunks: int = 4
 ) -> ChunkedSource:
     """A :class:`ChunkedSource` from an array/tensor (n, d_in), a cache, or a ChunkedSource.
 

@@ -47,8 +47,10 @@ def setup_distributed(device: torch.device | None = None) -> DistInfo:
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return DistInfo()
-        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
         logger.info("joined process group: rank %d of %d", dist.get_rank(), dist.get_world_size())
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
