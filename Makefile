@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 study: setup
-	.venv/bin/python -m studies.harvest --layer 6 --tokens 20000 --out runs/harvest
+	.venv/bin/python -m studies.tslasso --layer 6 --out runs/tslasso
 
 test: setup
 	.venv/bin/python -m ruff check geomsae studies tests benchmarks
