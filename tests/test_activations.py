@@ -22,7 +22,9 @@ from geomsae.activations.windows import document_order, iter_token_batches, iter
 from geomsae.text import CorpusError
 
 HOOK = "blocks.1.hook_resid_post"
-KW = dict(layers=(1,), context_length=24, batch_tokens=96, shard_rows=150, progress=False)
+KW = dict(
+    layers=(1,), context_length=24, batch_tokens=96, shard_rows=150, group_windows=4, progress=False
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,17 +64,39 @@ def test_windows_cover_each_document_in_order(tiny_model, tiny_texts):
         assert joined.tolist() == tok(tiny_texts[doc], add_special_tokens=False)["input_ids"]
 
 
-def test_batches_respect_the_token_budget_and_order(tiny_model, tiny_texts):
+@pytest.mark.parametrize("group_windows", [None, 7])
+def test_batches_respect_the_token_budget_and_cover_each_window_once(
+    tiny_model, tiny_texts, group_windows
+):
     windows = list(iter_windows(tiny_texts, np.arange(40), tiny_model.tokenizer, 16, 1))
-    batches = list(iter_token_batches(iter(windows), batch_tokens=50, pad_id=0))
+    batches = list(iter_token_batches(iter(windows), 50, 0, group_windows))
     assert all(b.tokens.numel() <= 50 for b in batches)
-    assert np.concatenate([b.windows for b in batches]).tolist() == list(range(len(windows)))
+    order = np.concatenate([b.windows for b in batches])
+    assert sorted(order.tolist()) == list(range(len(windows)))
+    if group_windows is None:
+        assert order.tolist() == list(range(len(windows))) and all(b.group_end for b in batches)
+    seen: set[int] = set()
     for b in batches:
         for row, w in enumerate(b.windows):
             n = len(windows[w].tokens)
             assert int(b.lengths[row]) == n
             assert b.tokens[row, :n].tolist() == windows[w].tokens.tolist()
             assert not b.valid[row, n:].any() and b.valid[row, :n].all()
+        seen |= set(b.windows.tolist())
+        if b.group_end:  # every window below next_window has been batched, none beyond
+            assert seen == set(range(b.next_window))
+
+
+def test_grouping_by_length_wastes_less_padding(tiny_model):
+    lengths = np.random.default_rng(0).integers(1, 40, size=60)
+    texts = ["ab" * (k // 2) + "a" * (k % 2) for k in lengths]  # many short document ends
+    windows = list(iter_windows(texts, np.arange(60), tiny_model.tokenizer, 16, 1))
+
+    def padding(group_windows):
+        bs = list(iter_token_batches(iter(windows), 64, 0, group_windows))
+        return 1 - sum(int(b.valid.sum()) for b in bs) / sum(b.tokens.numel() for b in bs)
+
+    assert padding(32) < 0.5 * padding(None)
 
 
 def test_document_order_splits_disjointly_across_ranks():
@@ -128,9 +152,8 @@ def test_rows_match_a_direct_forward_and_metadata_aligns(cache, tiny_model, tiny
         rows = np.flatnonzero(meta.window == w)
         doc = int(meta.doc_index[rows[0]])
         ids = tok(tiny_texts[doc], add_special_tokens=False)["input_ids"]
-        first = int(np.flatnonzero(meta.doc_index == doc)[0])  # first row of the document
-        # windows of a document hold 23 text tokens each, after BOS at position 0
-        offset = (rows[0] - first) // 23 * 23
+        # windows of a document are numbered consecutively and hold 23 text tokens after BOS
+        offset = (w - meta.window[meta.doc_index == doc].min()) * 23
         window = [1] + ids[offset : offset + 23]
         assert meta.token_id[rows].tolist() == window[1 : 1 + len(rows)]
         assert meta.position[rows].tolist() == list(range(1, 1 + len(rows)))
@@ -147,6 +170,21 @@ def test_bos_is_excluded_by_default_and_kept_on_request(cache, tiny_model, tiny_
     assert bos.any() and (kept.token_id[bos] == 1).all()
     n_windows = len(np.unique(kept.window))
     assert bos.sum() in (n_windows, n_windows - 1)  # the last window may be cut before BOS
+
+
+def test_context_follows_the_text_only():
+    from geomsae.activations import TokenMetadata
+
+    meta = TokenMetadata(
+        doc_index=np.array([0, 0, 0, 1, 1, 0, 0]),
+        window=np.array([0, 0, 1, 2, 2, 0, 3]),
+        position=np.array([1, 2, 1, 1, 2, 3, 2]),
+        token_id=np.arange(7),
+        vocab=list("abcdefg"),
+    )
+    assert meta.context(1, before=5, after=5) == "a«b»c"  # stops where document 1 starts
+    assert meta.context(4, before=5, after=5) == "d«e»"
+    assert meta.context(5, before=5, after=5, mark="") == "f"  # window 0 -> 3 is not the text
 
 
 def test_metadata_context_and_strings(cache):
@@ -410,8 +448,9 @@ def test_memory_stays_bounded_while_harvesting_and_reading(
 
     monkeypatch.setattr(RankWriter, "add", add)
     store = harvest(1500, tmp_path, model=tiny_model, corpus=tiny_texts, **KW)
-    assert peak["writer"] < KW["shard_rows"] + KW["batch_tokens"]  # one shard + one batch
-    assert len(store.manifest["shards"]) >= 1500 // (KW["shard_rows"] + KW["batch_tokens"])
+    group = KW["group_windows"] * KW["context_length"]
+    assert peak["writer"] < KW["shard_rows"] + group  # one shard + one group of windows
+    assert len(store.manifest["shards"]) >= 1500 // (KW["shard_rows"] + group)
     real_read = store._read
 
     def read(hook, index):

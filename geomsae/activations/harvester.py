@@ -68,6 +68,9 @@ class HarvestConfig:
     """Storage dtype: float32, float16 or bfloat16."""
     shard_rows: int = 32768
     """Rows per shard (memory used while harvesting is about shard_rows x d_in x hooks)."""
+    group_windows: int | None = 256
+    """Windows sorted by length within groups of this many before batching (less padding);
+    None packs them in corpus order. Shards are cut at group ends."""
     seed: int | None = 0
     """Seed of the document order (None keeps the corpus order)."""
 
@@ -93,6 +96,8 @@ class HarvestConfig:
             raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}")
         if self.shard_rows <= 0:
             raise ValueError(f"shard_rows must be positive, got {self.shard_rows}")
+        if self.group_windows is not None and self.group_windows <= 0:
+            raise ValueError(f"group_windows must be positive or None, got {self.group_windows}")
 
     @property
     def hooks(self) -> list[str]:
@@ -158,6 +163,7 @@ def harvest(
     exclude_special: bool = True,
     dtype: str = "float32",
     shard_rows: int = 32768,
+    group_windows: int | None = 256,
     seed: int | None = 0,
     device: str | torch.device | None = None,
     overwrite: bool = False,
@@ -167,8 +173,9 @@ def harvest(
     """Ensure a cache of ``n_tokens`` activation rows exists in ``out`` and open it.
 
     A complete cache with the same key (model, hooks, corpus fingerprint, context length,
-    special-token policy, dtype, seed) and at least ``n_tokens`` rows is reused as is; a
-    smaller one is extended; an interrupted harvest resumes from its last complete shard.
+    special-token policy, dtype, seed, window grouping) and at least ``n_tokens`` rows is
+    reused as is; a smaller one is extended; an interrupted harvest resumes from its last
+    complete shard.
 
     Parameters
     ----------
@@ -181,7 +188,8 @@ def harvest(
         loaded bridge.
     corpus : optional
         Anything :func:`geomsae.text.load_corpus` takes (default: the embedded corpus).
-    layers, hook, context_length, batch_tokens, exclude_special, dtype, shard_rows, seed
+    layers, hook, context_length, batch_tokens, exclude_special, dtype, shard_rows,
+    group_windows, seed
         See :class:`HarvestConfig`.
     device : str or torch.device, optional
         Where to run the model when it is loaded by name.
@@ -211,7 +219,7 @@ def harvest(
     cfg = HarvestConfig(
         n_tokens=n_tokens, layers=layers, hook=hook, context_length=context_length,
         batch_tokens=batch_tokens, exclude_special=exclude_special, dtype=dtype,
-        shard_rows=shard_rows, seed=seed,
+        shard_rows=shard_rows, group_windows=group_windows, seed=seed,
     )  # fmt: skip
     rank, world_size = _dist_info()
     docs = load_corpus(corpus)
@@ -224,6 +232,7 @@ def harvest(
         "exclude_special": cfg.exclude_special,
         "dtype": cfg.dtype,
         "seed": cfg.seed,
+        "group_windows": cfg.group_windows,
     }
     kh = key_hash(key)
     folder = Path(out) if out is not None else default_cache_dir() / "activations" / kh[:16]
@@ -371,7 +380,7 @@ def _harvest_rank(bridge, docs, cfg, hooks, writer: RankWriter, rank, world_size
                disable=not progress or rank != 0, dynamic_ncols=True)  # fmt: skip
     end = writer.next_window
     with bar:
-        for batch in iter_token_batches(windows, cfg.batch_tokens, pad):
+        for batch in iter_token_batches(windows, cfg.batch_tokens, pad, cfg.group_windows):
             if writer.rows_done >= quota:
                 break
             acts = run_hooks(bridge, batch.tokens.to(device), hooks, stop)
@@ -391,9 +400,12 @@ def _harvest_rank(bridge, docs, cfg, hooks, writer: RankWriter, rank, world_size
             flat_keep = keep.reshape(-1).to(device)
             writer.add({h: a.flatten(0, 1)[flat_keep][:take] for h, a in acts.items()}, meta)
             bar.update(take)
-            end = int(batch.windows[-1]) + 1
-            if take < n_rows or writer.rows_done >= quota or writer.full:
-                writer.flush(end, truncated=take < n_rows)
+            if batch.group_end:
+                end = batch.next_window
+            if writer.rows_done >= quota:  # a shard cut inside a group is redone on extension
+                writer.flush(end, truncated=take < n_rows or not batch.group_end)
+            elif batch.group_end and writer.full:
+                writer.flush(end)
         writer.flush(end)
     exhausted = writer.rows_done < quota
     if exhausted:

@@ -1,8 +1,9 @@
 """Per-token metadata stored beside the activation vectors.
 
 Row ``i`` of every hook's activations and of every metadata column describe the same token.
-Rows of one document are consecutive and in text order (windows of a document follow each
-other), so the surrounding context of a token is read off the neighbouring rows.
+The rows of a window are consecutive and in text order, and consecutive windows of a document
+usually follow each other, so the surrounding context of a token is read off the neighbouring
+rows that continue the same text.
 """
 
 from __future__ import annotations
@@ -81,14 +82,15 @@ class TokenMetadata:
         """
         n = len(self)
         lo, hi = max(0, i - before), min(n, i + after + 1)
-        same = self.doc_index[lo:hi] == self.doc_index[i]
-        # keep the contiguous run of rows from the same document around i
-        idx = np.arange(lo, hi)
-        left = idx[: i - lo][::-1]
-        left_ok = np.cumprod(same[: i - lo][::-1]).astype(bool)
-        right_ok = np.cumprod(same[i - lo + 1 :]).astype(bool)
-        rows_left = left[left_ok][::-1]
-        rows_right = idx[i - lo + 1 :][right_ok]
+        # link[j]: row lo+j+1 continues the text of row lo+j (same document, same or next window)
+        doc, win, pos = (a[lo:hi] for a in (self.doc_index, self.window, self.position))
+        step = np.diff(win)
+        link = (np.diff(doc) == 0) & (((step == 0) & (np.diff(pos) > 0)) | (step == 1))
+        k = i - lo
+        left_ok = np.cumprod(link[:k][::-1]).astype(bool)  # rows i-1, i-2, ... still linked
+        right_ok = np.cumprod(link[k:]).astype(bool)  # rows i+1, i+2, ...
+        rows_left = np.arange(i - 1, lo - 1, -1)[left_ok][::-1]
+        rows_right = np.arange(i + 1, hi)[right_ok]
         token = self._decode(int(self.token_id[i]))
         if mark:
             token = f"{mark[0]}{token}{mark[-1]}"

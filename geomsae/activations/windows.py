@@ -3,9 +3,10 @@
 Each document is tokenized on its own (no special tokens), cut into consecutive windows of
 ``context_length - 1`` tokens (``context_length`` when the model has no BOS token), and each
 window gets the model's BOS token in front, as ``model.to_tokens`` would do. Windows are grouped
-into right-padded batches holding at most ``batch_tokens`` tokens (padding included). With a
-causal model right padding cannot change the real positions, so no attention mask is needed and
-padded positions are simply dropped.
+into right-padded batches holding at most ``batch_tokens`` tokens (padding included); within
+groups of consecutive windows they are sorted by length first, so document ends share batches
+and little compute goes to padding. With a causal model right padding cannot change the real
+positions, so no attention mask is needed and padded positions are simply dropped.
 """
 
 from __future__ import annotations
@@ -43,12 +44,20 @@ class TokenBatch:
         Window indices.
     doc_index : ndarray of shape (n_windows,)
         Document index of each window.
+    next_window : int or None
+        Set on the last batch of a group: every window below it has then been batched.
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     windows: np.ndarray
     doc_index: np.ndarray
+    next_window: int | None = None
+
+    @property
+    def group_end(self) -> bool:
+        """Whether this batch closes a group of windows (a safe place to cut a shard)."""
+        return self.next_window is not None
 
     @property
     def valid(self) -> torch.Tensor:
@@ -107,26 +116,53 @@ def iter_windows(
 
 
 def iter_token_batches(
-    windows: Iterator[Window], batch_tokens: int, pad_id: int
+    windows: Iterator[Window], batch_tokens: int, pad_id: int, group_windows: int | None = None
 ) -> Iterator[TokenBatch]:
-    """Group consecutive windows into batches of at most ``batch_tokens`` padded tokens.
+    """Pack windows into batches of at most ``batch_tokens`` padded tokens.
 
-    A window longer than ``batch_tokens`` forms a batch on its own.
+    With ``group_windows``, windows are taken in groups by index (``index // group_windows``);
+    inside a group they are sorted by decreasing length (stable) before packing, so short
+    windows (document ends) share batches and little padding is wasted. Without it, windows are
+    packed in order and every batch is its own group. The last batch of a group has
+    ``next_window`` set: every window below it has then been batched, which is where a harvest
+    can safely cut a shard. A window longer than ``batch_tokens`` forms a batch on its own.
     """
-    pending: list[Window] = []
+    group: list[Window] = []
     longest = 0
     for w in windows:
-        new_longest = max(longest, len(w.tokens))
-        if pending and new_longest * (len(pending) + 1) > batch_tokens:
-            yield _pack(pending, longest, pad_id)
-            pending, new_longest = [], len(w.tokens)
-        pending.append(w)
-        longest = new_longest
-    if pending:
-        yield _pack(pending, longest, pad_id)
+        if group_windows:
+            full = w.index // group_windows != group[0].index // group_windows if group else False
+        else:
+            full = bool(group) and max(longest, len(w.tokens)) * (len(group) + 1) > batch_tokens
+        if full:
+            yield from _pack_group(group, batch_tokens, pad_id, sort=bool(group_windows))
+            group, longest = [], 0
+        group.append(w)
+        longest = max(longest, len(w.tokens))
+    if group:
+        yield from _pack_group(group, batch_tokens, pad_id, sort=bool(group_windows))
 
 
-def _pack(windows: list[Window], seq_len: int, pad_id: int) -> TokenBatch:
+def _pack_group(
+    group: list[Window], batch_tokens: int, pad_id: int, sort: bool
+) -> Iterator[TokenBatch]:
+    if sort:
+        group = sorted(group, key=lambda w: -len(w.tokens))  # stable: ties keep their order
+    next_window = max(w.index for w in group) + 1
+    batches: list[list[Window]] = [[]]
+    longest = 0
+    for w in group:
+        longest = max(longest, len(w.tokens))
+        if batches[-1] and longest * (len(batches[-1]) + 1) > batch_tokens:
+            batches.append([])
+            longest = len(w.tokens)
+        batches[-1].append(w)
+    for i, b in enumerate(batches):
+        yield _pack(b, pad_id, next_window if i == len(batches) - 1 else None)
+
+
+def _pack(windows: list[Window], pad_id: int, next_window: int | None) -> TokenBatch:
+    seq_len = max(len(w.tokens) for w in windows)
     tokens = torch.full((len(windows), seq_len), pad_id, dtype=torch.long)
     for row, w in enumerate(windows):  # a handful of windows per batch
         tokens[row, : len(w.tokens)] = torch.from_numpy(w.tokens)
@@ -135,4 +171,5 @@ def _pack(windows: list[Window], seq_len: int, pad_id: int) -> TokenBatch:
         lengths=torch.tensor([len(w.tokens) for w in windows]),
         windows=np.array([w.index for w in windows], dtype=np.int64),
         doc_index=np.array([w.doc_index for w in windows], dtype=np.int64),
+        next_window=next_window,
     )
