@@ -262,3 +262,18 @@ def test_two_gloo_processes_match_one(tmp_path):
         torch.testing.assert_close(dist_sae(x), sae(x), atol=2e-4, rtol=2e-4)
         torch.testing.assert_close(dist_sae.W_dec, sae.W_dec, atol=2e-4, rtol=2e-4)
     assert single[0].history_[-1]["dead_fraction"] >= 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+@pytest.mark.parametrize("decode", ["dense", "sparse"])
+def test_cuda_bf16_training_matches_cpu_quality(arch, decode):
+    X = data(n=8192)
+    c = cfg(arch=arch, train_tokens=8192 * 3, l1_coefficient=2.0)
+    cpu = train(c, X, progress=False, device="cpu")
+    gpu = train(c, X, progress=False, device="cuda", amp=True, decode=decode)
+    assert gpu.W_dec.is_cuda
+    fvu_cpu, fvu_gpu = cpu.history_[-1]["fvu"], gpu.history_[-1]["fvu"]
+    assert fvu_gpu < 1.2 * fvu_cpu + 0.02
+    torch.testing.assert_close(gpu.cpu().encode(X[:100]) > 0, gpu.cpu().encode(X[:100]) > 0)
