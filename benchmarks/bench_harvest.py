@@ -1,7 +1,8 @@
 """Harvest throughput: geomsae's harvester vs a naive full-forward ``run_with_cache``.
 
     .venv/bin/python benchmarks/bench_harvest.py [--layer 6] [--tokens 8192] [--model NAME]
-        [--batch-tokens 4096] [--context-length 128] [--device auto] [--repeats 1]
+        [--batch-tokens 4096] [--context-length 128] [--group-windows 512] [--device auto]
+        [--repeats 1]
 
 Same model, same corpus windows, same batches, same run. Three ways to get the activations of
 ``blocks.{layer}.hook_resid_post`` for ``--tokens`` tokens (BOS excluded):
@@ -31,13 +32,14 @@ from geomsae.models import load_model, resolve_device
 from geomsae.text import default_corpus
 
 
-def _batches(model, corpus, n_tokens, context_length, batch_tokens, seed):
+def _batches(model, corpus, n_tokens, context_length, batch_tokens, group_windows, seed):
     """The batches the harvester sees, cut after ``n_tokens`` non-BOS tokens."""
     tok = model.tokenizer
     order = document_order(len(corpus), seed)
     windows = iter_windows([d.text for d in corpus], order, tok, context_length, tok.bos_token_id)
     out, total = [], 0
-    for batch in iter_token_batches(windows, batch_tokens, tok.pad_token_id or 0):
+    pad = tok.pad_token_id or 0
+    for batch in iter_token_batches(windows, batch_tokens, pad, group_windows):
         out.append(batch)
         total += int(batch.valid.sum()) - len(batch.windows)
         if total >= n_tokens:
@@ -80,7 +82,7 @@ def _time_geomsae(model, corpus, n_tokens, args) -> float:
         store = harvest(
             n_tokens, tmp, model=model, corpus=corpus, layers=args.layer,
             context_length=args.context_length, batch_tokens=args.batch_tokens,
-            seed=args.seed, progress=False, verify=False,
+            group_windows=args.group_windows, seed=args.seed, progress=False, verify=False,
         )  # fmt: skip
         _sync(resolve_device(args.device))
         elapsed = time.perf_counter() - t0
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--context-length", type=int, default=128)
+    p.add_argument("--group-windows", type=int, default=512, help="0: no length sorting")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="best of this many runs each")
@@ -104,9 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model, device=device)
     corpus = default_corpus()
     hook = f"blocks.{args.layer}.hook_resid_post"
+    args.group_windows = args.group_windows or None
     batches, n_tokens = _batches(
-        model, corpus, args.tokens, args.context_length, args.batch_tokens, args.seed
-    )
+        model, corpus, args.tokens, args.context_length, args.batch_tokens, args.group_windows,
+        args.seed,
+    )  # fmt: skip
     print(f"model {args.model or 'embedded SmolLM2-135M'} ({model.cfg.n_layers} layers) on "
           f"{device}, {torch.get_num_threads()} threads; hook {hook}; {n_tokens} tokens in "
           f"{len(batches)} batches of <= {args.batch_tokens} tokens")  # fmt: skip
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         times["full forward, one hook"].append(_time_one_hook(model, batches, hook, device))
         times["geomsae harvest"].append(_time_geomsae(model, corpus, n_tokens, args))
     best = {k: min(v) for k, v in times.items()}
+    real = sum(int(b.valid.sum()) for b in batches)
+    print(f"padding: {1 - real / sum(b.tokens.numel() for b in batches):.1%} of batch positions")
     print(f"{'method':<26}{'seconds':>10}{'tokens/s':>12}")
     for k, t in best.items():
         print(f"{k:<26}{t:>10.2f}{n_tokens / t:>12.1f}")

@@ -68,7 +68,7 @@ class HarvestConfig:
     """Storage dtype: float32, float16 or bfloat16."""
     shard_rows: int = 32768
     """Rows per shard (memory used while harvesting is about shard_rows x d_in x hooks)."""
-    group_windows: int | None = 256
+    group_windows: int | None = 512
     """Windows sorted by length within groups of this many before batching (less padding);
     None packs them in corpus order. Shards are cut at group ends."""
     seed: int | None = 0
@@ -163,7 +163,7 @@ def harvest(
     exclude_special: bool = True,
     dtype: str = "float32",
     shard_rows: int = 32768,
-    group_windows: int | None = 256,
+    group_windows: int | None = 512,
     seed: int | None = 0,
     device: str | torch.device | None = None,
     overwrite: bool = False,
