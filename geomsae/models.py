@@ -206,6 +206,7 @@ def load_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    model.geomsae_name = name  # lets caches key the model by name (see activations.hooks)
     _CACHE[key] = model
     return model
 

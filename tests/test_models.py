@@ -42,10 +42,16 @@ def test_tiny_model_is_seeded():
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
-def test_load_model_caches_the_tiny_model():
+def test_load_model_caches_the_tiny_model(tiny_model):
+    from geomsae.activations.hooks import model_key
+
     m = load_model(TINY_MODEL, device="cpu")
     assert load_model(TINY_MODEL, device="cpu") is m and m.cfg.n_layers == 8
     assert not any(p.requires_grad for p in m.parameters())
+    assert model_key(m) == model_key(TINY_MODEL) == TINY_MODEL  # same cache key as the name
+    other = models.tiny_model(n_layers=4, d_model=32, n_ctx=64, seed=1)
+    assert model_key(tiny_model).startswith("geomsae-tiny-llama@")
+    assert model_key(other) != model_key(tiny_model)  # weights differ
 
 
 def test_hub_name_offline_fails_fast_with_a_clear_error(monkeypatch):

@@ -108,9 +108,16 @@ def run_hooks(
 
 
 def model_key(model) -> str:
-    """Identity of a model in a cache key: its name, plus a weight fingerprint for objects."""
+    """Identity of a model in a cache key.
+
+    A name, or a model from :func:`geomsae.models.load_model` (which records its name in
+    ``geomsae_name``), is keyed by the name; any other model object by its class name plus a
+    fingerprint of its weights.
+    """
     if isinstance(model, str):
         return model
+    if isinstance(getattr(model, "geomsae_name", None), str):
+        return model.geomsae_name
     name = getattr(model.cfg, "model_name", type(model).__name__)
     h = hashlib.sha256()
     with torch.no_grad():
