@@ -26,6 +26,10 @@ Estimators (``ESTIMATORS`` maps each name to its class):
 ``Calibrated``            any of the above, bias-corrected on uniform balls (as DANCo)
 ========================  ==========================================================
 
+Scale analysis: ``id_scale_curve(X)`` estimates the ID at neighbour ranks 1, 2, 4, ... (GRIDE) or
+neighbourhood sizes (MLE) with bootstrap intervals; ``curve.choose()`` applies the documented
+plateau rule to pick d, and ``plot_id_scale_curve(curve)`` draws it.
+
 Conventions: inputs are numpy arrays or torch tensors of shape (n_samples, n_features) (torch
 tensors on a GPU are processed there); distances are exact and float64; a point is never its
 own neighbour; duplicate points raise a ``ValueError`` naming the fix (``on_duplicates="drop"``
@@ -39,6 +43,7 @@ from geomsae.dimension.gride import GRIDE, gride
 from geomsae.dimension.lpca import LocalPCA, local_pca
 from geomsae.dimension.mind import MiNDML, mind_ml
 from geomsae.dimension.mle import MLE, mle
+from geomsae.dimension.scale import IDScaleCurve, id_scale_curve, plot_id_scale_curve
 from geomsae.dimension.twonn import TwoNN, twonn
 
 ESTIMATORS: dict[str, type[IDEstimator]] = {
@@ -59,15 +64,18 @@ __all__ = [
     "MLE",
     "CorrelationDimension",
     "IDEstimator",
+    "IDScaleCurve",
     "LocalPCA",
     "MiNDML",
     "TwoNN",
     "calibrated",
     "correlation_dimension",
     "gride",
+    "id_scale_curve",
     "local_pca",
     "mind_ml",
     "mle",
+    "plot_id_scale_curve",
     "prepare_points",
     "twonn",
 ]

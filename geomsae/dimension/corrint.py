@@ -103,13 +103,19 @@ class CorrelationDimension(IDEstimator):
         k2 = check_n_neighbors(self.k2, X.shape[0])
         dist = knn(X, k2).distances
         r_lo, r_hi = dist[:, self.k1 - 1].median(), dist[:, k2 - 1].median()
-        radii = torch.exp(torch.linspace(torch.log(r_lo), torch.log(r_hi), self.n_radii))
-        C = correlation_integral(X, radii.to(X))
+        log_r = torch.linspace(
+            float(torch.log(r_lo)), float(torch.log(r_hi)), self.n_radii, dtype=torch.float64
+        )
+        radii = torch.exp(log_r.to(X))
+        # the median radii are themselves pair distances: widen by 1e-9 so that pair counts
+        # (and the estimate) do not depend on the last bit of rounding
+        radii = radii * (1 + 1e-9)
+        C = correlation_integral(X, radii)
         self.radii_ = radii.cpu().numpy()
         self.correlation_integral_ = C.cpu().numpy()
         if not bool((C > 0).all()):
             raise ValueError("no pairs at the smallest radius; increase k1 or use more points")
-        return float(_slope(torch.log(radii.to(X)), torch.log(C)))
+        return float(_slope(torch.log(radii), torch.log(C)))
 
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
         k = n_neighbors

@@ -5,7 +5,7 @@ For each point, ``mu = r_{n2} / r_{n1}`` has density, under local uniformity in 
     f(mu) = d (mu^d - 1)^(n2 - n1 - 1) / (B(n2 - n1, n1) mu^((n2 - 1) d + 1)),   mu > 1.
 
 The estimate maximises the likelihood over points (a concave problem in d, solved here by a
-bisection that is vectorised over many samples at once). Larger ranks probe larger scales
+safeguarded Newton iteration vectorised over many samples at once). Larger ranks probe larger scales
 without decimating the data; ``n1 = 1, n2 = 2`` is the unbiased TwoNN MLE ``(N-1) / sum log mu``.
 Conventions follow DADApy: ``(N - 1)`` in place of N in the likelihood, and ratios above
 ``q50 + 20 (q95 - q50)`` are discarded as overlapping points (global estimate only).
@@ -18,6 +18,7 @@ estimator. Scientific Reports 12, 20005.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,7 +37,11 @@ def _check_ranks(n1: int, n2: int | None) -> tuple[int, int]:
 
 
 def gride_mle(
-    log_mu: torch.Tensor, n1: int, n2: int, weights: torch.Tensor | None = None
+    log_mu: torch.Tensor,
+    n1: int,
+    n2: int,
+    weights: torch.Tensor | None = None,
+    init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximum-likelihood GRIDE estimate for each row of a batch of log-ratios.
 
@@ -48,6 +53,9 @@ def gride_mle(
         Neighbour ranks, ``1 <= n1 < n2``.
     weights : tensor of shape (n_batches, m), optional
         Non-negative multiplicities (bootstrap counts); default all ones.
+    init : tensor of shape (n_batches,), optional
+        Starting point of the Newton iteration (e.g. the full-sample estimate for bootstrap
+        resamples); default 1.
 
     Returns
     -------
@@ -57,29 +65,35 @@ def gride_mle(
     w = torch.ones_like(log_mu) if weights is None else weights.to(log_mu)
     N = w.sum(1)
     sum_l = (w * log_mu).sum(1)
+    wl, wl2 = w * log_mu, w * log_mu**2
     a = n2 - n1 - 1
 
-    def score(d: torch.Tensor) -> torch.Tensor:
+    def score_info(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score (decreasing in d) and observed information (minus its derivative)."""
         s = (N - 1) / d - (n2 - 1) * sum_l
+        info = (N - 1) / d**2
         if a:
-            s = s + a * (w * log_mu / -torch.expm1(-d[:, None] * log_mu)).sum(1)
-        return s
+            r = torch.expm1(-d[:, None] * log_mu).reciprocal_()  # 1 / (e^{-d l} - 1) < -1
+            s = s - a * (wl * r).sum(1)
+            info = info + a * (wl2 * r * (1 + r)).sum(1)
+        return s, info
 
-    lo = torch.full_like(N, 1e-6)
-    hi = torch.ones_like(N)
-    for _ in range(64):  # grow the bracket until the score turns negative
-        pos = score(hi) > 0
-        if not bool(pos.any()):
+    # the score is +inf at 0+ and -n1 * sum(l) < 0 as d -> inf: keep a bracket [lo, hi]
+    lo = torch.zeros_like(N)
+    hi = torch.full_like(N, math.inf)
+    d = torch.ones_like(N) if init is None else init.to(N).clone()
+    for _ in range(200):  # safeguarded Newton; a step leaving the bracket is a bisection
+        s, info = score_info(d)
+        lo = torch.where(s > 0, d, lo)
+        hi = torch.where(s > 0, hi, d)
+        step = d + s / info
+        fallback = torch.where(torch.isinf(hi), 2 * d, 0.5 * (lo + hi))
+        new = torch.where((step > lo) & (step < hi), step, fallback)
+        done = bool(((new - d).abs() <= 1e-12 * d).all())
+        d = new
+        if done:
             break
-        hi = torch.where(pos, 2 * hi, hi)
-    for _ in range(80):  # bisection in log d
-        mid = torch.sqrt(lo * hi)
-        pos = score(mid) > 0
-        lo, hi = torch.where(pos, mid, lo), torch.where(pos, hi, mid)
-    d = torch.sqrt(lo * hi)
-    info = N / d**2
-    if a:
-        info = info + a * (w * (log_mu / (2 * torch.sinh(d[:, None] * log_mu / 2))) ** 2).sum(1)
+    info = score_info(d)[1] + N / d**2 - (N - 1) / d**2  # DADApy's error uses N / d^2
     return d, 1 / torch.sqrt(info)
 
 

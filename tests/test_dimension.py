@@ -1,0 +1,287 @@
+"""geomsae.dimension: every estimator on manifolds of known dimension, invariances, bad input."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+matplotlib.use("Agg")
+
+from geomsae import dimension as gd  # noqa: E402
+from geomsae.dimension.corrint import correlation_integral  # noqa: E402
+from geomsae.dimension.gride import gride_mle  # noqa: E402
+from geomsae.dimension.lpca import dimension_from_eigenvalues, local_eigenvalues  # noqa: E402
+from geomsae.dimension.mle import mle_pointwise_from_distances  # noqa: E402
+from geomsae.dimension.twonn import twonn_from_log_ratios  # noqa: E402
+from geomsae.manifolds import cube, sphere, swiss_roll  # noqa: E402
+
+# Global estimates on a flat 4-cube (n = 1500) rotated into R^12: relative tolerance per
+# estimator. k-NN estimators are biased low by boundary effects (~5 % at d = 4, n = 1500);
+# correlation dimension most of all. Global lPCA of a flat set is exact.
+GLOBAL_TOL = {
+    "lpca": 0.0,
+    "mle": 0.12,
+    "twonn": 0.12,
+    "gride": 0.12,
+    "corrint": 0.2,
+    "mind_ml": 0.12,
+    "calibrated": 0.1,
+}
+
+
+@pytest.fixture(scope="module")
+def flat4() -> np.ndarray:
+    return cube(1500, d=4, ambient_dim=12, random_state=0).X
+
+
+def test_registry_is_complete():
+    assert set(gd.ESTIMATORS) == set(GLOBAL_TOL)
+    for name in ("LocalPCA", "MLE", "TwoNN", "GRIDE", "CorrelationDimension", "MiNDML"):
+        assert name in gd.__all__
+
+
+@pytest.mark.parametrize("name", list(gd.ESTIMATORS))
+def test_every_estimator_on_a_flat_cube(name, flat4):
+    est = gd.ESTIMATORS[name]()
+    assert clone(est).get_params() == est.get_params()
+    assert repr(est).startswith(type(est).__name__)
+    with pytest.raises(NotFittedError):
+        est.check_fitted()
+    assert est.fit(flat4) is est
+    assert isinstance(est.dimension_, float)
+    assert abs(est.dimension_ - 4) <= 4 * GLOBAL_TOL[name] + 1e-9, est.dimension_
+    est.fit_pointwise(flat4[:600], n_neighbors=30)
+    assert est.dimension_pw_.shape == (600,) and np.isfinite(est.dimension_pw_).all()
+    assert abs(np.median(est.dimension_pw_) - 4) < 1.2  # small neighbourhoods: loose
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "make, d",
+    [
+        (lambda s: sphere(1500, d=2, ambient_dim=10, random_state=s), 2),
+        (lambda s: swiss_roll(1500, ambient_dim=10, random_state=s), 2),
+        (lambda s: sphere(2000, d=5, ambient_dim=20, random_state=s), 5),
+    ],
+    ids=["S2", "swiss_roll", "S5"],
+)
+def test_known_dimension_several_seeds(make, d, seed):
+    X = make(seed).X
+    # tolerance: 10 % for the likelihood/ratio estimators, 20 % for correlation dimension
+    assert abs(gd.twonn(X) - d) < 0.1 * d
+    assert abs(gd.mle(X) - d) < 0.1 * d
+    assert abs(gd.gride(X) - d) < 0.1 * d
+    assert abs(gd.mind_ml(X) - d) < 0.1 * d
+    assert abs(gd.correlation_dimension(X) - d) < 0.2 * d
+    pw = gd.LocalPCA().fit_pointwise(X, n_neighbors=20).dimension_pw_
+    assert np.median(pw) == d  # curved but well sampled: the FO rule counts d at k = 20
+
+
+def test_pointwise_estimates_are_local():
+    # a 1-D curve and a 3-D blob in one data set: pointwise estimates tell them apart
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, 400)
+    line = np.stack([t * 10, np.zeros_like(t), np.zeros_like(t)], 1) + [20, 0, 0]
+    blob = rng.uniform(0, 1, (400, 3))
+    X = np.vstack([line, blob])
+    for est in (gd.MLE(), gd.TwoNN(), gd.GRIDE(), gd.MiNDML(), gd.LocalPCA()):
+        pw = est.fit_pointwise(X, n_neighbors=20).dimension_pw_
+        assert abs(np.median(pw[:400]) - 1) < 0.3, type(est).__name__
+        assert abs(np.median(pw[400:]) - 3) < 0.6, type(est).__name__
+
+
+@pytest.mark.parametrize("name", [n for n in gd.ESTIMATORS if n != "calibrated"])
+def test_invariance_to_rotation_translation_scaling(name):
+    X = sphere(600, d=3, ambient_dim=8, random_state=3).X
+    Q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((8, 8)))
+    base = gd.ESTIMATORS[name]().fit(X).dimension_
+    for Y in (X @ Q, X + 100.0, 7.5 * X):
+        assert gd.ESTIMATORS[name]().fit(Y).dimension_ == pytest.approx(base, rel=1e-7)
+    pw = gd.ESTIMATORS[name]().fit_pointwise(X, n_neighbors=15).dimension_pw_
+    pw_rot = gd.ESTIMATORS[name]().fit_pointwise(3.0 * X @ Q - 5, n_neighbors=15).dimension_pw_
+    np.testing.assert_allclose(pw_rot, pw, rtol=1e-7)
+
+
+def test_torch_input_gives_the_same_answer():
+    X = sphere(500, d=2, ambient_dim=5, random_state=0).X
+    Xt = torch.tensor(X, dtype=torch.float32)
+    assert gd.twonn(Xt) == pytest.approx(gd.twonn(X.astype(np.float32)), rel=1e-12)
+    assert gd.MLE().fit_pointwise(Xt, n_neighbors=10).dimension_pw_.dtype == np.float64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_matches_cpu():
+    X = torch.tensor(sphere(800, d=3, ambient_dim=10, random_state=0).X)
+    for cls in (gd.MLE, gd.TwoNN, gd.GRIDE, gd.LocalPCA):
+        cpu = cls().fit_pointwise(X, n_neighbors=20).dimension_pw_
+        gpu = cls().fit_pointwise(X.cuda(), n_neighbors=20).dimension_pw_
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-8)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("name", list(gd.ESTIMATORS))
+def test_bad_input_gives_one_clear_error(name):
+    est = gd.ESTIMATORS[name]
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        est().fit(np.where(np.arange(150).reshape(50, 3) == 7, np.nan, X))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        est().fit(np.where(np.arange(150).reshape(50, 3) == 7, np.inf, X))
+    with pytest.raises(ValueError, match="2-D"):
+        est().fit(X[:, 0])
+    with pytest.raises(ValueError, match="n_neighbors=50"):
+        est().fit_pointwise(X, n_neighbors=50)
+
+
+@pytest.mark.parametrize("name", [n for n in gd.ESTIMATORS if n != "lpca"])
+def test_duplicates_raise_with_the_fix_or_are_dropped(name):
+    X = sphere(300, d=2, random_state=0).X
+    X[10] = X[20]
+    with pytest.raises(ValueError, match="deduplicate"):
+        gd.ESTIMATORS[name]().fit(X)
+    est = gd.ESTIMATORS[name](on_duplicates="drop").fit(X)
+    assert np.isfinite(est.dimension_) and len(est.kept_) == 299 and 20 not in est.kept_
+
+
+def test_too_few_points_and_bad_parameters():
+    with pytest.raises(ValueError, match="at least"):
+        gd.twonn(np.eye(2))
+    X = cube(200, d=2, random_state=0).X
+    with pytest.raises(ValueError, match="rule"):
+        gd.local_pca(X, rule="nope")
+    with pytest.raises(ValueError, match="n1 < n2"):
+        gd.gride(X, 4, 3)
+    with pytest.raises(ValueError, match="aggregate"):
+        gd.mle(X, aggregate="max")
+    with pytest.raises(ValueError, match="discard_fraction"):
+        gd.twonn(X, 1.0)
+    with pytest.raises(ValueError, match="on_duplicates"):
+        gd.twonn(X, on_duplicates="maybe")
+
+
+# ------------------------------------------------------------------------------ closed forms
+
+
+def test_gride_and_twonn_reduce_to_the_pareto_mle():
+    log_mu = torch.tensor(np.random.default_rng(0).exponential(1 / 3.0, 4000))[None]
+    closed = (4000 - 1) / log_mu.sum()
+    assert gride_mle(log_mu, 1, 2)[0][0] == pytest.approx(float(closed), rel=1e-10)
+    assert twonn_from_log_ratios(log_mu, discard_fraction=0, method="mle")[0] == pytest.approx(
+        float(closed), rel=1e-12
+    )
+    assert float(closed) == pytest.approx(3.0, rel=0.05)  # and it recovers the Pareto shape
+
+
+def test_mle_on_exact_power_law_distances():
+    # T_j = c j^(1/d) exactly: m_k = d (k - 1) / sum_{j<k} log(k / j)
+    d, k = 7.0, 12
+    j = np.arange(1, k + 1)
+    T = torch.tensor(2.5 * j ** (1 / d))[None]
+    expected = d * (k - 1) / np.log(k / j[:-1]).sum()
+    assert mle_pointwise_from_distances(T)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_correlation_integral_matches_brute_force():
+    X = np.random.default_rng(0).normal(size=(120, 4))
+    D = np.linalg.norm(X[:, None] - X[None], axis=-1)
+    np.fill_diagonal(D, np.inf)
+    radii = np.array([0.5, 1.0, 2.0])
+    ours = correlation_integral(torch.tensor(X), torch.tensor(radii)).numpy()
+    np.testing.assert_allclose(ours, [(D < r).sum() / (120 * 119) for r in radii], atol=1e-12)
+
+
+def test_eigenvalue_rules():
+    lam = torch.tensor([[10.0, 5.0, 1.0, 0.4, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    assert dimension_from_eigenvalues(lam, "fo", alpha=0.05).tolist() == [3, 5]
+    assert dimension_from_eigenvalues(lam, "variance", variance=0.9).tolist() == [2, 5]
+    assert dimension_from_eigenvalues(lam, "gap")[0] == 4  # 0.4 / 0 is the largest ratio
+    pr = dimension_from_eigenvalues(lam, "participation_ratio")
+    assert pr[1] == pytest.approx(5.0) and pr[0] == pytest.approx(16.4**2 / 126.16)
+
+
+@pytest.mark.parametrize("D", [3, 40])  # covariance branch and Gram branch
+def test_local_eigenvalues_match_numpy(D):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, D))
+    idx = torch.tensor(rng.integers(0, 60, size=(5, 8)))
+    lam = local_eigenvalues(torch.tensor(X), idx, block_size=2).numpy()
+    for i in range(5):
+        ref = np.sort(np.linalg.eigvalsh(np.cov(X[idx[i].numpy()].T)))[::-1][: min(8, D)]
+        np.testing.assert_allclose(lam[i], ref, atol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    c=st.floats(0.05, 20.0),
+    seed=st.integers(0, 2**31 - 1),
+    n1=st.sampled_from([1, 2, 4]),
+)
+def test_property_ratio_estimators_are_homogeneous(c, seed, n1):
+    """Dividing every log-ratio by c multiplies the estimate by c (a change of dimension)."""
+    log_mu = torch.tensor(np.random.default_rng(seed).exponential(0.3, (2, 200))) + 1e-3
+    d, _ = gride_mle(log_mu, n1, 2 * n1)
+    d_c, _ = gride_mle(log_mu / c, n1, 2 * n1)
+    np.testing.assert_allclose(d_c.numpy(), c * d.numpy(), rtol=1e-8)
+    t = twonn_from_log_ratios(log_mu)
+    np.testing.assert_allclose(twonn_from_log_ratios(log_mu / c).numpy(), c * t.numpy(), rtol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), shift=st.floats(-1e3, 1e3), seed=st.integers(0, 1000))
+def test_property_mle_invariant_to_similarity_transforms(scale, shift, seed):
+    X = np.random.default_rng(seed).uniform(size=(150, 3))
+    a = gd.MLE(10).fit_pointwise(X, n_neighbors=10).dimension_pw_
+    b = gd.MLE(10).fit_pointwise(scale * X + shift, n_neighbors=10).dimension_pw_
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+def test_calibration_removes_the_high_dimension_bias():
+    X = cube(1000, d=20, random_state=1).X
+    est = gd.Calibrated(gd.TwoNN()).fit(X)
+    assert est.raw_dimension_ < 17  # raw TwoNN is biased low here
+    assert abs(est.dimension_ - 20) < 2.5
+    assert est.calibration_dims_[0] == 1 and est.calibration_dims_[-1] >= 20
+    low = gd.Calibrated().fit(sphere(1000, d=2, random_state=0).X)
+    assert abs(low.dimension_ - 2) < 0.2  # and leaves low dimensions alone
+    assert clone(gd.Calibrated(gd.MLE(10))).get_params()["estimator__n_neighbors"] == 10
+
+
+# ------------------------------------------------------------------------------ scale
+
+
+def test_id_scale_curve_and_plateau_rule():
+    X = cube(1000, d=3, ambient_dim=6, random_state=0).X
+    curve = gd.id_scale_curve(X, max_rank=32, n_bootstrap=30)
+    np.testing.assert_array_equal(curve.scales, [1, 2, 4, 8, 16])
+    assert (np.diff(curve.radius) > 0).all()
+    assert (curve.ci_low <= curve.dimension).all() and (curve.dimension <= curve.ci_high).all()
+    assert abs(curve.dimension[0] - gd.gride(X)) < 1e-8  # scale 1 is GRIDE(1, 2)
+    assert abs(curve.choose() - 3) < 0.4
+    mle_curve = gd.id_scale_curve(X, estimator="mle", max_rank=40, n_bootstrap=0)
+    np.testing.assert_array_equal(mle_curve.ci_low, mle_curve.dimension)
+    assert mle_curve.dimension[1] == pytest.approx(gd.mle(X, 10), rel=1e-10)
+    assert set(curve.as_dict()) == {"scale", "radius", "dimension", "ci_low", "ci_high"}
+    ax = gd.plot_id_scale_curve({"gride": curve, "mle": mle_curve})
+    assert ax.get_ylabel() == "intrinsic dimension"
+    with pytest.raises(ValueError, match="do not fit"):
+        gd.id_scale_curve(X[:10], scales=[8])
+
+
+def test_plateau_rule_picks_the_flat_part():
+    c = gd.IDScaleCurve(
+        "gride", np.arange(6.0), np.arange(1.0, 7), np.array([9.0, 6.0, 5.1, 5.0, 5.05, 3.0]),
+        np.zeros(6), np.zeros(6), 0.9, 0, 100,
+    )  # fmt: skip
+    assert c.choose(window=3) == pytest.approx((5.1 + 5.0 + 5.05) / 3)
