@@ -113,8 +113,6 @@ def test_dimensionality_bounds(n: int, m: int, seed: int) -> None:
     D = feature_dimensionality(W)
     assert np.all(D >= 0) and np.all(D <= 1 + 1e-12)
     assert D.sum() <= m + 1e-9
-    if n <= m:  # generic vectors, fewer than dims: sum is still bounded by n
-        assert D.sum() <= n + 1e-9
 
 
 def test_total_and_sticky_counts() -> None:
@@ -133,8 +131,8 @@ def test_dimensionality_rejects_bad_input(bad) -> None:
 # ---------------------------------------------------------------------- MMCS and matching
 def test_mmcs_of_a_dictionary_with_itself_is_one() -> None:
     A = torch.randn(300, 32, generator=torch.Generator().manual_seed(1))
-    assert mmcs(A, A) == pytest.approx(1.0, abs=1e-12)
-    assert mmcs(A, -A) == pytest.approx(1.0, abs=1e-12)
+    assert mmcs(A, A) == pytest.approx(1.0, abs=1e-6)
+    assert mmcs(A, -A) == pytest.approx(1.0, abs=1e-6)
     assert mmcs(A, -A, absolute=False) < 0.9
     # a permuted, rescaled copy matches one-to-one, every pair above 0.99
     perm = torch.randperm(300, generator=torch.Generator().manual_seed(2))
@@ -223,3 +221,22 @@ def test_sparse_feature_data(correlated: bool) -> None:
         assert off_diag > 0.04
     else:
         assert off_diag < 0.02
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    W = torch.randn(3000, 48, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(
+        feature_dimensionality(W.cuda(), block_size=500), feature_dimensionality(W), rtol=1e-6
+    )
+    B = torch.randn(700, 48, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(max_cosine(W.cuda(), B.cuda()), max_cosine(W, B), atol=1e-5)
+    assert hungarian_match(W[:50].cuda(), W[:50].cuda()).fraction_matched == 1.0
+
+
+def test_random_directions_have_the_isotropic_dimensionality() -> None:
+    # for p isotropic random directions in d dims, sum_j (u . W_j)^2 ~ 1 + (p - 1) / d
+    W = torch.randn(4000, 50, generator=torch.Generator().manual_seed(4))
+    D = feature_dimensionality(W)
+    assert D.mean() == pytest.approx(50 / (50 + 3999), rel=0.03)

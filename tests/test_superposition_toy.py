@@ -94,3 +94,12 @@ def test_polygon_checker_rejects_irregular_shapes() -> None:
 def test_toy_model_rejects_bad_input(kwargs) -> None:
     with pytest.raises(ValueError):
         train_toy_models(5, 2, config=ToyTrainConfig(steps=1), **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_toy_models_train_on_cuda() -> None:
+    res = train_toy_models(
+        5, 2, [0.02] * 3, importance=importance_decay(5), config=FAST, random_state=0, device="cuda"
+    )
+    assert sum(is_regular_polygon(W, 5) for W in res.W) >= 2

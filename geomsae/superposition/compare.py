@@ -50,7 +50,7 @@ def max_cosine(
     A: Tensor | np.ndarray,
     B: Tensor | np.ndarray,
     absolute: bool = True,
-    block_size: int = 4096,
+    block_size: int = 1024,
 ) -> np.ndarray:
     """For each atom of ``A`` its largest cosine with any atom of ``B``.
 
@@ -61,13 +61,18 @@ def max_cosine(
     absolute : bool
         Use ``|cos|`` (the definition of MMCS; a feature and its negative count as the same).
     block_size : int
-        Rows of ``A`` at a time (memory ``O(block_size * n_B)``).
+        Rows of ``A`` at a time (memory ``4 * block_size * n_B`` bytes: 256 MiB for
+        ``n_B = 65536``).
 
     Returns
     -------
     ndarray of shape (n_A,)
     """
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size}")
     A, B = _pair(A, B)
+    # unit rows in float64, products in float32: cosines to ~1e-7, half the time and memory
+    A, B = A.float(), B.float()
     out = torch.empty(A.shape[0], dtype=A.dtype, device=A.device)
     for start in range(0, A.shape[0], block_size):
         c = A[start : start + block_size] @ B.T
@@ -76,7 +81,7 @@ def max_cosine(
 
 
 def mmcs(
-    A: Tensor | np.ndarray, B: Tensor | np.ndarray, absolute: bool = True, block_size: int = 4096
+    A: Tensor | np.ndarray, B: Tensor | np.ndarray, absolute: bool = True, block_size: int = 1024
 ) -> float:
     """Mean max cosine similarity of ``A`` against ``B`` (1 when every atom of A is in B).
 
@@ -84,7 +89,7 @@ def mmcs(
     --------
     >>> import numpy as np
     >>> A = np.eye(3)
-    >>> mmcs(A, A)
+    >>> round(mmcs(A, A), 6)
     1.0
     """
     return float(max_cosine(A, B, absolute=absolute, block_size=block_size).mean())
