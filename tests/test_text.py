@@ -14,11 +14,11 @@ from geomsae.text import (
     Corpus,
     CorpusError,
     Document,
-    _docstrings,
     default_corpus,
     load_corpus,
 )
-from geomsae.text import _default_corpus as uncached
+from geomsae.text.embedded import _default_corpus as uncached
+from geomsae.text.embedded import _docstrings
 
 
 def test_python_docs_source_is_deterministic_with_provenance():
