@@ -19,6 +19,7 @@ CE loss recovered against zero ablation, on ``--eval-sequences`` windows of the 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from pathlib import Path
@@ -207,35 +208,36 @@ def run(config: TrainSAEStudyConfig) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0], "runs/train_sae")
     d = TrainSAEStudyConfig()
-    p.add_argument("--layer", type=int, default=d.layer, help="layer to hook")
-    p.add_argument("--hook", default=d.hook, help="hook name template ({layer} substituted)")
-    p.add_argument("--activations", default=None, help="cache folder or .npy to train on")
-    p.add_argument("--tokens", type=int, default=d.tokens, help="activation rows")
-    p.add_argument("--arch", default=d.arch, choices=["topk", "batchtopk", "relu", "tied_relu",
-                   "jumprelu"], help="SAE architecture")  # fmt: skip
-    p.add_argument("--k", type=int, default=d.k, help="active features (TopK family)")
-    p.add_argument("--expansion", type=float, default=d.expansion, help="d_sae / d_model")
-    p.add_argument("--l1-coefficient", type=float, default=d.l1_coefficient, help="L1 alpha")
-    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the data")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tokens per step")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
-    p.add_argument("--eval-sequences", type=int, default=d.eval_sequences, help="CE/KL windows")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished SAE in --out")
-    p.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
+    # unset flags keep the (smoke or full) config's value, shown in the help text
+    p.argument_default = argparse.SUPPRESS
+    p.add_argument("--layer", type=int, help=f"layer to hook (default: {d.layer})")
+    p.add_argument("--hook", help=f"hook name template, {{layer}} substituted (default: {d.hook})")
+    p.add_argument("--activations", help="cache folder or .npy to train on (default: harvest)")
+    p.add_argument("--tokens", type=int, help=f"activation rows (default: {d.tokens})")
+    p.add_argument("--arch", choices=["topk", "batchtopk", "relu", "tied_relu", "jumprelu"],
+                   help=f"SAE architecture (default: {d.arch})")  # fmt: skip
+    p.add_argument("--k", type=int, help=f"active features, TopK family (default: {d.k})")
+    p.add_argument("--expansion", type=float, help=f"d_sae / d_model (default: {d.expansion})")
+    p.add_argument("--l1-coefficient", type=float, help=f"L1 alpha (default: {d.l1_coefficient})")
+    p.add_argument("--epochs", type=float, help=f"passes over the data (default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"tokens per step (default: {d.batch_size})")
+    p.add_argument("--lr", type=float, help="learning rate (default: 2e-4 / sqrt(d_sae / 2^14))")
+    p.add_argument(
+        "--eval-sequences", type=int, help=f"CE/KL windows (default: {d.eval_sequences})"
+    )
+    p.add_argument("--checkpoint-every", type=int, help=f"steps (default: {d.checkpoint_every})")
+    p.add_argument("--overwrite", action="store_true", default=False, help="replace a finished SAE")
+    p.add_argument("--smoke", action="store_true", default=False, help="tiny random model")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     base = SMOKE if args.smoke else d
-    given = {a: getattr(args, a) for a in ("model", "activations", "lr") if getattr(args, a)}
-    explicit = {
-        k: v
-        for k, v in vars(args).items()
-        if k in {f.name for f in dataclasses.fields(d)} and p.get_default(k) != v
-    }
-    config = dataclasses.replace(base, **{**explicit, **given})
-    if args.out != p.get_default("out") or not args.smoke:
-        config = dataclasses.replace(config, out=Path(args.out))
-    return run(config)
+    fields = {f.name for f in dataclasses.fields(d)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.smoke and args.out == p.get_default("out"):
+        given.pop("out")
+    given["out"] = Path(given.get("out", base.out))
+    given["overwrite"] = args.overwrite
+    return run(dataclasses.replace(base, **given))
 
 
 if __name__ == "__main__":
