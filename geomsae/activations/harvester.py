@@ -30,20 +30,22 @@ from geomsae.activations.hooks import (
 from geomsae.activations.manifest import (
     DOCUMENTS,
     FORMAT,
-    MANIFEST,
     VERSION,
     VOCAB,
-    check_shard,
-    key_differences,
     key_hash,
-    progress_path,
-    read_json,
-    read_manifest,
 )
-from geomsae.activations.shards import STORAGE_DTYPES, TEMP_PREFIX, CacheError, write_json_atomic
+from geomsae.activations.resume import (
+    barrier,
+    check_writable,
+    clear_folder,
+    dist_info,
+    existing_state,
+    rank_quota,
+)
+from geomsae.activations.shards import STORAGE_DTYPES, CacheError, write_json_atomic
 from geomsae.activations.store import ActivationStore, open_cache
 from geomsae.activations.windows import document_order, iter_token_batches, iter_windows
-from geomsae.activations.writer import RankWriter, merge_progress, progress_from_manifest
+from geomsae.activations.writer import RankWriter, merge_progress
 
 logger = logging.getLogger(__name__)
 
@@ -111,43 +113,6 @@ def default_cache_dir() -> Path:
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "geomsae"
-
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        torch.distributed.barrier()
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f"{TEMP_PREFIX}probe-{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(
-            f"cannot write to the output folder {folder} ({exc.strerror or exc}); "
-            "pass a writable folder (--out)"
-        ) from exc
-
-
-def _clear(folder: Path) -> None:
-    """Delete the files a harvest writes (and nothing else) from ``folder``."""
-    patterns = ("shard-r*.safetensors", "progress-rank*.json", f"{TEMP_PREFIX}*")
-    for path in itertools.chain.from_iterable(folder.glob(p) for p in patterns):
-        path.unlink(missing_ok=True)
-    for name in (MANIFEST, VOCAB, DOCUMENTS):
-        (folder / name).unlink(missing_ok=True)
-
-
-def _quota(n_tokens: int, rank: int, world_size: int) -> int:
-    return n_tokens // world_size + (rank < n_tokens % world_size)
 
 
 def harvest(
@@ -221,7 +186,7 @@ def harvest(
         batch_tokens=batch_tokens, exclude_special=exclude_special, dtype=dtype,
         shard_rows=shard_rows, group_windows=group_windows, seed=seed,
     )  # fmt: skip
-    rank, world_size = _dist_info()
+    rank, world_size = dist_info()
     docs = load_corpus(corpus)
     hooks = cfg.hooks
     key = {
@@ -237,10 +202,10 @@ def harvest(
     kh = key_hash(key)
     folder = Path(out) if out is not None else default_cache_dir() / "activations" / kh[:16]
     if overwrite and rank == 0 and folder.exists():
-        _clear(folder)
-    _barrier(world_size)
-    _check_writable(folder)
-    state = _existing_state(folder, key, cfg.n_tokens, rank, world_size, verify)
+        clear_folder(folder)
+    barrier(world_size)
+    check_writable(folder)
+    state = existing_state(folder, key, cfg.n_tokens, rank, world_size, verify)
     if isinstance(state, ActivationStore):
         logger.info("reusing the activation cache %s (%d rows)", folder, len(state))
         return state
@@ -265,12 +230,12 @@ def harvest(
     writer = RankWriter(folder, state, cfg.shard_rows)
     exhausted = _harvest_rank(bridge, docs, cfg, hooks, writer, rank, world_size, progress)
     writer.finish(exhausted)
-    _barrier(world_size)
+    barrier(world_size)
     if rank == 0:
         extra = {"model": key["model"], "corpus": docs.summary(), "config": asdict(cfg)}
         extra["config"]["world_size"] = world_size
         merge_progress(folder, world_size, extra)
-    _barrier(world_size)
+    barrier(world_size)
     store = open_cache(folder, verify=False)
     return open_cache(folder, verify=False, n_tokens=min(cfg.n_tokens, len(store)))
 
@@ -288,60 +253,6 @@ def _new_state(key, kh, hooks, bridge, cfg, rank, world_size) -> dict:
         "d_in": _d_in(bridge, hooks[0]), "dtype": cfg.dtype, "rank": rank,
         "world_size": world_size, "n_tokens_requested": cfg.n_tokens, "shards": [], "done": False,
     }  # fmt: skip
-
-
-def _existing_state(
-    folder: Path, key: dict, n_tokens: int, rank: int, world_size: int, verify: bool
-) -> ActivationStore | dict | None:
-    """A reusable store, a progress state to resume/extend, or None for a fresh harvest."""
-    hint = "pass overwrite=True (--overwrite) or another folder"
-    progress = progress_path(folder, rank)
-    if (folder / MANIFEST).exists():
-        manifest = read_manifest(folder)
-        diffs = key_differences(manifest["key"], key)
-        if diffs:
-            raise CacheError(
-                f"the cache in {folder} was harvested differently: {'; '.join(diffs)}; {hint}"
-            )
-        if manifest["n_tokens"] >= n_tokens or manifest.get("exhausted"):
-            store = open_cache(folder, verify=verify)
-            return open_cache(folder, verify=False, n_tokens=min(n_tokens, len(store)))
-        if manifest.get("world_size", 1) != world_size:
-            raise CacheError(
-                f"cannot extend the cache in {folder}, harvested with "
-                f"{manifest.get('world_size', 1)} processes, with {world_size}; {hint}"
-            )
-        open_cache(folder, verify=verify)  # never build on a corrupt cache
-        state = progress_from_manifest(manifest, rank, n_tokens)
-        write_json_atomic(progress, state)
-        _barrier(world_size)
-        if rank == 0:
-            (folder / MANIFEST).unlink()
-        logger.info("extending the activation cache %s from %d rows", folder, manifest["n_tokens"])
-        return state
-    if not progress.exists():
-        return None
-    state = read_json(progress, "progress file")
-    diffs = key_differences(state.get("key", {}), key)
-    if diffs or state.get("world_size") != world_size:
-        diffs += [f"world_size: {state.get('world_size')} vs {world_size}"] * (
-            state.get("world_size") != world_size
-        )
-        raise CacheError(
-            f"an interrupted harvest in {folder} does not match: {'; '.join(diffs)}; {hint}"
-        )
-    for entry in state["shards"]:
-        check_shard(folder, entry, state["hooks"], state["d_in"], state["dtype"], verify)
-    quota = _quota(n_tokens, rank, world_size)
-    while (
-        state["shards"]
-        and state["shards"][-1]["truncated"]
-        and (sum(s["rows"] for s in state["shards"]) < quota)
-    ):
-        state["shards"].pop()
-    state.update(n_tokens_requested=n_tokens, done=False)
-    logger.info("resuming the harvest in %s after %d shards", folder, len(state["shards"]))
-    return state
 
 
 def _write_side_files(folder: Path, tokenizer, docs) -> None:
@@ -369,7 +280,7 @@ def _harvest_rank(bridge, docs, cfg, hooks, writer: RankWriter, rank, world_size
     specials = _special_ids(bridge)
     stop = stop_layer(bridge, hooks)
     device = next(bridge.parameters()).device
-    quota = _quota(cfg.n_tokens, rank, world_size)
+    quota = rank_quota(cfg.n_tokens, rank, world_size)
     if writer.rows_done >= quota:  # resumed after this rank had finished
         return False
     order = document_order(len(docs), cfg.seed, rank, world_size)
