@@ -240,7 +240,13 @@ def karcher_mean(
     n_iter, gnorm = 0, np.full(g, np.inf)
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
         Mf = np.repeat(M, m, axis=0)
-        logs = man.log(Mf, Xf).reshape(g, m, D, d)
+        try:
+            logs = man.log(Mf, Xf).reshape(g, m, D, d)
+        except np.linalg.LinAlgError as exc:
+            raise ValueError(
+                "karcher_mean: a member is orthogonal to the current mean (a principal angle of "
+                "pi/2), where the logarithm is undefined; average subspaces that are closer"
+            ) from exc
         grad = np.einsum("gm,gmij->gij", w, logs)
         gnorm = np.linalg.norm(grad, axis=(1, 2))
         if (gnorm <= tol).all():

@@ -145,11 +145,11 @@ def _weighted_pca(
     bs = _block_rows(k, D, memory)
     bases, eigs, centers = [], [], []
     for s in range(0, m, bs):
-        P = Xt[nbr[s : s + bs]]  # (b, k, D)
+        Z = Xt[nbr[s : s + bs]]  # (b, k, D), a fresh copy: centred and scaled in place
         wb = w[s : s + bs]
-        mu = torch.einsum("bk,bkd->bd", wb, P)
+        mu = torch.einsum("bk,bkd->bd", wb, Z)
         scale = wb if square_weights else wb.sqrt()
-        Z = scale[:, :, None] * (P - mu[:, None, :])  # C = Z^T Z
+        Z.sub_(mu[:, None, :]).mul_(scale[:, :, None])  # C = Z^T Z
         V, lam = _top_eigvecs(Z, d)
         bases.append(fix_signs(V))
         eigs.append(lam)
@@ -454,7 +454,11 @@ def estimate_local_dimension(
 
 
 def smooth_tangent_spaces(
-    ts: TangentSpaces, *, max_iter: int = 30, tol: float = 1e-9, block_size: int = 256
+    ts: TangentSpaces,
+    *,
+    max_iter: int = 30,
+    tol: float = 1e-9,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> TangentSpaces:
     """Replace each tangent space by the weighted Karcher mean of its neighbours' ones.
 
@@ -463,6 +467,15 @@ def smooth_tangent_spaces(
     ``ts.weights``; neighbours without a tangent space are skipped. Averaging on ``Gr(D, d)``
     reduces the noise of the estimates at the cost of a bias of order the curvature times the
     neighbourhood radius (see :func:`geomsae.grassmann.karcher_mean`).
+
+    Parameters
+    ----------
+    ts : TangentSpaces
+        From :func:`tangent_spaces` (numpy or torch; the averaging runs in numpy on CPU).
+    max_iter, tol
+        Stopping rule of :func:`geomsae.grassmann.karcher_mean`.
+    memory_bytes : int
+        Work-space budget per block of query points (about 8 copies of the members are live).
 
     Returns
     -------
@@ -483,6 +496,7 @@ def smooth_tangent_spaces(
     w = np.where(member >= 0, w, 0.0)
     member = np.where(member >= 0, member, np.arange(m)[:, None])  # placeholder, weight 0
     out = np.empty_like(B)
+    block_size = max(1, memory_bytes // (8 * 8 * member.shape[1] * B.shape[1] * B.shape[2]))
     for s in range(0, m, block_size):
         res = karcher_mean(
             B[member[s : s + block_size]], w[s : s + block_size], max_iter=max_iter, tol=tol,
