@@ -367,7 +367,12 @@ def tangent_spaces(
         )
     if bandwidth is not None and not (np.isfinite(bandwidth) and bandwidth > 0):
         raise ValueError(f"bandwidth must be a finite number > 0; got {bandwidth!r}")
-    idx = torch.arange(n) if indices is None else torch.as_tensor(np.asarray(indices)).long()
+    if indices is None:
+        idx = torch.arange(n)
+    elif isinstance(indices, torch.Tensor):
+        idx = indices.long()
+    else:
+        idx = torch.as_tensor(np.asarray(indices)).long()
     idx = idx.reshape(-1).to(Xt.device)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise ValueError(f"indices must lie in [0, {n})")

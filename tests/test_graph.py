@@ -20,8 +20,10 @@ from geomsae.graph import (
     select_radius,
 )
 from geomsae.graph.laplacian import ROW_SUMS_ZERO, SYMMETRIC
-from geomsae.manifolds import sphere
+from geomsae.grassmann import principal_angles
+from geomsae.manifolds import sphere, swiss_roll
 from geomsae.neighbors import knn
+from geomsae.tangent import tangent_spaces
 
 
 def circle(n: int, warp: float = 0.0) -> np.ndarray:
@@ -250,6 +252,16 @@ def test_eigengap_radius_grows_with_noise() -> None:
         X = base + noise * rng.standard_normal(base.shape)
         chosen.append(select_radius(X, 2, radii, criterion="eigengap", n_samples=60).radius)
     assert chosen[1] > 1.5 * chosen[0], chosen
+
+
+def test_selected_bandwidth_gives_accurate_tangents() -> None:
+    """select_radius -> tangent_spaces(bandwidth=...) end to end on a rotated Swiss roll."""
+    m = swiss_roll(1200, ambient_dim=6, random_state=3)
+    sel = select_radius(m.X, 2, n_samples=60, n_radii=6)
+    assert sel.valid.any() and sel.radius in sel.radii
+    ts = tangent_spaces(m.X, 2, bandwidth=sel.bandwidth, indices=sel.sample)
+    ang = np.degrees(principal_angles(ts.bases, m.tangents[sel.sample]).max(1))
+    assert np.median(ang) < 5.0, np.median(ang)
 
 
 def test_default_radii_and_invalid_radii() -> None:
