@@ -285,20 +285,20 @@ def test_default_radii_and_invalid_radii() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("megaman") is None, reason="megaman not importable")
-def test_against_megaman() -> None:  # pragma: no cover - needs megaman
-    from megaman.geometry import Geometry
+def test_against_megaman() -> None:  # pragma: no cover - needs megaman (0.2 API)
+    from megaman.geometry import (
+        compute_adjacency_matrix,
+        compute_affinity_matrix,
+        compute_laplacian_matrix,
+    )
+    from megaman.geometry.rmetric import RiemannMetric
 
     X = sphere(300, random_state=0).X
     eps = 0.3
-    geom = Geometry(
-        adjacency_method="brute",
-        adjacency_kwds={"radius": 3 * eps},
-        affinity_method="gaussian",
-        affinity_kwds={"radius": eps},
-        laplacian_method="geometric",
-        laplacian_kwds={"scaling_epps": eps},
-    )
-    geom.set_data_matrix(X)
-    theirs = geom.compute_laplacian_matrix().toarray()
+    A = compute_adjacency_matrix(X, method="brute", radius=3 * eps)
+    K = compute_affinity_matrix(A, method="gaussian", radius=eps)
+    theirs = compute_laplacian_matrix(K, method="geometric", scaling_epps=eps)
     _, ours = graph(X, eps)
-    np.testing.assert_allclose(-theirs, ours.toarray(), atol=1e-8)  # megaman's sign is negative
+    np.testing.assert_allclose(-theirs.toarray(), ours.toarray(), atol=1e-8)  # their sign: -
+    H_theirs = RiemannMetric(X, theirs, n_dim=3).get_dual_rmetric()
+    np.testing.assert_allclose(riemannian_metric(X, ours).dual, H_theirs, atol=1e-8)
