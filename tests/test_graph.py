@@ -64,6 +64,8 @@ def test_adjacency_radius_and_knn_are_symmetric() -> None:
     np.testing.assert_allclose(G[r, c].A1, D[r, c])
     with pytest.raises(ValueError, match="exactly one"):
         adjacency_matrix(X, radius=1.0, n_neighbors=3)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        adjacency_matrix(np.where(X > 2, np.nan, X), radius=1.0)
 
 
 def test_affinity_values_diagonal_and_duplicates() -> None:
