@@ -10,10 +10,11 @@ Two experiments, each trained as one batched model (every sparsity x seed is an 
    ``W`` form a regular pentagon (all ``D_i = 2/5``). Expected: the pentagon at ``1 - S <= 0.05``
    in (nearly) every seed, only the two most important features (orthogonal) at ``S = 0``, and
    never any superposition in the linear baseline.
-2. **Phase picture**: 200 features of equal importance in 20 dimensions, ``1 - S`` log-spaced
-   from 1 to 1/300. ``D_i`` of every feature against ``1 / (1 - S)``; the values cluster at the
-   sticky fractions (1, 3/4, 2/3, 1/2, 2/5, 3/8). Reported: the share of represented features
-   within 0.03 of a sticky fraction.
+2. **Phase picture**: 100 features of equal importance in 10 dimensions, ``1 - S`` log-spaced
+   from 1 to 1/300. ``D_i`` of every feature against ``1 / (1 - S)``; at intermediate sparsity the
+   values cluster at the sticky fractions (2/3, 1/2, 2/5, 3/8, ...) and fall towards
+   ``d_hidden / n_features`` when very sparse. Reported per sparsity: the share of features with
+   ``D_i > 0.03`` lying within 0.03 of a sticky fraction.
 
 ``--model`` is accepted for a uniform command line but unused (no language model here).
 """
@@ -60,11 +61,13 @@ class ToyStudyConfig:
     """Seeds per sparsity in the 5-in-2 sweep."""
     pentagon_probabilities: tuple[float, ...] = (1.0, 0.3, 0.1, 0.05, 0.02, 0.01)
     """``1 - S`` values of the 5-in-2 sweep."""
-    phase_features: int = 200
+    phase_features: int = 100
     """Features of the phase-picture model (equal importance)."""
-    phase_hidden: int = 20
+    phase_hidden: int = 10
     """Hidden dimensions of the phase-picture model."""
-    phase_instances: int = 24
+    phase_batch_size: int = 256
+    """Batch of the phase-picture model (smaller than Elhage et al.'s 1024 to fit 2 CPU cores)."""
+    phase_instances: int = 16
     """Sparsities in the phase picture, ``1 - S`` log-spaced from 1 to ``phase_min_probability``."""
     phase_min_probability: float = 1 / 300
     """Smallest ``1 - S`` of the phase picture."""
@@ -78,6 +81,7 @@ SMOKE = ToyStudyConfig(
     phase_features=12,
     phase_hidden=4,
     phase_instances=3,
+    phase_batch_size=64,
     train=ToyTrainConfig(steps=30, batch_size=64),
 )
 """A configuration that runs the whole study in seconds."""
@@ -131,13 +135,14 @@ def run(config: ToyStudyConfig) -> dict:
         lin = train_toy_models(5, 2, prob_inst, imp, "linear", config.train, config.seed, device)
     phase_p = np.geomspace(1.0, config.phase_min_probability, config.phase_instances)
     with timer("phase picture"):
+        phase_train = dataclasses.replace(config.train, batch_size=config.phase_batch_size)
         phase = train_toy_models(
             config.phase_features,
             config.phase_hidden,
             phase_p,
             None,
             "relu",
-            config.train,
+            phase_train,
             config.seed,
             device,
         )
