@@ -47,7 +47,7 @@ __all__ = [
     "LocalTangentSpaces",
     "TangentSpaces",
     "estimate_local_dimension",
-    "local_pca",
+    "weighted_local_pca",
     "smooth_tangent_spaces",
     "tangent_spaces",
 ]
@@ -185,7 +185,7 @@ def _to_out(t: torch.Tensor, like_torch: bool) -> Any:
     return t if like_torch else t.cpu().numpy()
 
 
-def local_pca(
+def weighted_local_pca(
     X: Any,
     neighbor_indices: Any,
     weights: Any,
@@ -406,7 +406,7 @@ def tangent_spaces(
         if n_neighbors is not None
         else f"use a larger bandwidth (eps={bandwidth:g}, radius {cutoff * bandwidth:g})"
     )
-    ts = local_pca(
+    ts = weighted_local_pca(
         Xt, ind, w, d, indices=idx, bandwidth=bandwidth, square_weights=square_weights,
         check_rank=False, memory_bytes=memory_bytes,
     )  # fmt: skip

@@ -15,9 +15,9 @@ from geomsae.neighbors import radius_neighbors
 from geomsae.tangent import (
     LocalTangentSpaces,
     estimate_local_dimension,
-    local_pca,
     smooth_tangent_spaces,
     tangent_spaces,
+    weighted_local_pca,
 )
 
 
@@ -92,7 +92,7 @@ def test_local_pca_matches_direct_formula() -> None:
     nbr = np.array([[0, 5, 7, 9, 11, 13], [1, 2, 3, -1, -1, -1]])
     w = rng.uniform(0.1, 1.0, size=nbr.shape)
     for square in (False, True):
-        ts = local_pca(X, nbr, w, 2, square_weights=square)
+        ts = weighted_local_pca(X, nbr, w, 2, square_weights=square)
         for r in range(2):
             keep = nbr[r] >= 0
             P, ww = X[nbr[r][keep]], w[r][keep] / w[r][keep].sum()

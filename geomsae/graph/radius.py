@@ -36,7 +36,7 @@ from geomsae.graph.affinity import affinity_matrix
 from geomsae.graph.laplacian import laplacian_matrix
 from geomsae.grassmann import grassmann_distance
 from geomsae.neighbors import as_tensor, check_points, knn, radius_neighbors
-from geomsae.tangent import local_pca
+from geomsae.tangent import weighted_local_pca
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def select_radius(
         nbr, w, counts = _padded_rows(K[sample].tocsr())
         mean_nb[t] = counts.mean() - 1
         valid[t] = counts.min() - 1 >= min_neighbors
-        ts = local_pca(
+        ts = weighted_local_pca(
             Xt, nbr, w, d, indices=sample, bandwidth=eps, square_weights=square_weights,
             check_rank=False,
         )  # fmt: skip
