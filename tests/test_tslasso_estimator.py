@@ -49,10 +49,11 @@ def test_swiss_roll_reference_check(swiss_roll):
     assert est.path_.n_selected[0] == 0 and est.path_.n_selected[-1] >= 2
 
 
-def test_swiss_roll_with_estimated_tangents():
+def test_swiss_roll_with_estimated_dimension_and_tangents():
     sr = swiss_roll_dictionary(n_samples=3000, random_state=1)
-    est = TSLasso(d=2, n_points=100, n_replicates=10, n_lambdas=0, random_state=0)
-    est.fit(sr.X, sr.gradients)  # tangent bases by weighted local PCA (geomsae.tangent)
+    est = TSLasso(d=None, n_points=100, n_replicates=10, n_lambdas=0, random_state=0)
+    est.fit(sr.X, sr.gradients)  # d by TwoNN, tangent bases by weighted local PCA
+    assert est.d_ == 2
     assert est.support_.tolist() == [0, 1]
     assert est.result_.support_frequency == 1.0
     assert "tangent" in est.result_.timings
