@@ -98,9 +98,13 @@ class TSLasso(BaseEstimator):
 
     Examples
     --------
-    >>> est = TSLasso(d=2, n_points=100, n_replicates=10, random_state=0)   # doctest: +SKIP
-    >>> est.fit(points, gradients, bases=tangent_bases).support_             # doctest: +SKIP
-    array([0, 1])
+    >>> from geomsae.tslasso.synthetic import swiss_roll_dictionary
+    >>> sr = swiss_roll_dictionary(n_samples=1000, random_state=0)   # t, y, x_0..x_48
+    >>> est = TSLasso(d=2, n_points=100, n_replicates=5, n_lambdas=0, random_state=0)
+    >>> est.fit(sr.X, sr.gradients, bases=sr.bases).support_.tolist()
+    [0, 1]
+    >>> round(est.replicates_[0].lambda_max, 6), round(est.lambda_, 6)  # sqrt(n), its half
+    (10.0, 5.0)
     """
 
     def __init__(
