@@ -189,3 +189,18 @@ def test_estimator_contract_and_bad_input(swiss_roll):
     # d from the bases when not given
     fitted = TSLasso(n_points=50, n_replicates=2, n_lambdas=0, random_state=0).fit(X, G, bases=B)
     assert fitted.d_ == 2 and fitted.support_.tolist() == [0, 1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_fit_matches_cpu():
+    to = torus_dictionary(n_samples=1000, random_state=6)
+    sae = ReLUDictionary(48, 64).cuda()
+    kw = dict(d=2, n_points=100, n_replicates=5, n_lambdas=5, random_state=0)
+    cpu = TSLasso(device="cpu", **kw).fit(to.X, to.gradients, bases=to.bases)
+    gpu = TSLasso(device="cuda", **kw).fit(to.X, to.gradients, bases=to.bases)
+    assert cpu.support_.tolist() == gpu.support_.tolist()
+    assert cpu.lambda_ == pytest.approx(gpu.lambda_)
+    gpu_sae = TSLasso(device="cuda", **kw).fit(to.X, bases=to.bases, dictionary=sae)
+    cpu_sae = TSLasso(device="cpu", **kw).fit(to.X, bases=to.bases, dictionary=sae.cpu())
+    np.testing.assert_allclose(gpu_sae.selection_frequency_, cpu_sae.selection_frequency_)
