@@ -54,6 +54,16 @@ def lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> floa
     return w * max(0.0, (total - step) / max(total - decay_start, 1e-12))
 
 
+def _adam(params, config: SAEConfig) -> torch.optim.Adam:
+    """Adam, fused where torch supports it (several times faster on CPU for d_sae x d_in
+    weights; torch >= 2.4), else the default implementation."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=config.resolved_lr, betas=config.adam_betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=config.resolved_lr, betas=config.adam_betas)
+
+
 class _Run:
     """One SAE being trained: module, optimizer, counters and history."""
 
@@ -61,9 +71,7 @@ class _Run:
         self.config = config
         self.total_steps = total_steps
         self.sae: SAE = build_sae(config, device=device)
-        self.opt = torch.optim.Adam(
-            self.sae.parameters(), lr=config.resolved_lr, betas=config.adam_betas
-        )
+        self.opt = _adam(self.sae.parameters(), config)
         self.since_fired = torch.zeros(self.sae.n_features, dtype=torch.int64, device=device)
         self.gen = torch.Generator().manual_seed(config.seed + 7919)
         self.history: list[dict[str, float]] = []
