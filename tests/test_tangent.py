@@ -124,6 +124,15 @@ def test_gaussian_weights_and_radius_neighbourhoods_are_exact(sph) -> None:
     assert ts.bandwidth == eps
 
 
+def test_max_neighbors_caps_radius_neighbourhoods(sph, caplog) -> None:
+    with caplog.at_level("WARNING", logger="geomsae.tangent"):
+        ts = tangent_spaces(sph.X, 2, bandwidth=0.5, max_neighbors=20, indices=np.arange(5))
+    np.testing.assert_array_equal(ts.n_neighbors, 21)
+    assert "truncated" in caplog.text
+    full = tangent_spaces(sph.X, 2, n_neighbors=20, bandwidth=0.5, indices=np.arange(5))
+    np.testing.assert_allclose(ts.weights, full.weights)  # the 20 nearest, Gaussian weights
+
+
 def test_knn_weights_uniform_and_indices_subset(sph) -> None:
     full = tangent_spaces(sph.X, 2, n_neighbors=10)
     np.testing.assert_allclose(full.weights, 1 / 11)
