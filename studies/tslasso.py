@@ -2,7 +2,7 @@
 
     python -m studies.tslasso --layer 6
         [--out runs/tslasso] [--model NAME] [--device auto] [--seed 0] [--hook TEMPLATE]
-        [--tokens 30000] [--sae PATH | --arch topk --k 32 --expansion 8 --sae-epochs 3]
+        [--tokens 30000] [--sae PATH | --arch topk --k 32 --expansion 8 --sae-epochs 12]
         [--cloud 4000] [--d D] [--max-d 12] [--charts global knn feature]
         [--n-knn-charts 6] [--chart-size 300] [--n-feature-charts 3] [--feature J ...]
         [--n-points 100] [--replicates 10] [--tangent-neighbors K] [--min-active 0.2]
@@ -87,8 +87,10 @@ class TSLassoStudyConfig:
     """Active features of the TopK SAE."""
     expansion: float = 8.0
     """d_sae / d_model of the trained SAE."""
-    sae_epochs: float = 3.0
+    sae_epochs: float = 12.0
     """Passes over the harvested tokens when training the SAE."""
+    sae_batch_size: int = 1024
+    """Tokens per SAE training step."""
     cloud: int = 4000
     """Points (distinct tokens) in the point cloud."""
     d: int | None = None
@@ -130,6 +132,7 @@ SMOKE = TSLassoStudyConfig(
     k=8,
     expansion=4.0,
     sae_epochs=2.0,
+    sae_batch_size=256,
     cloud=800,
     max_d=4,
     n_knn_charts=2,
@@ -161,14 +164,17 @@ def _load_or_train_sae(config: TSLassoStudyConfig, store, hook_name: str):
         d_in=store.d_in,
         expansion=config.expansion,
         k=config.k,
-        batch_size=min(4096, len(store)),
+        batch_size=min(config.sae_batch_size, len(store)),
         train_tokens=int(config.sae_epochs * len(store)),
         dead_tokens=max(len(store) // 2, 1),
         seed=config.seed,
         hook_name=hook_name,
         model_name=config.model or "smollm2-135m-instruct-gguf",
     )
-    name = f"{config.arch}-k{config.k}-x{config.expansion:g}-e{config.sae_epochs:g}-s{config.seed}"
+    name = (
+        f"{config.arch}-k{config.k}-x{config.expansion:g}-e{config.sae_epochs:g}"
+        f"-b{sae_config.batch_size}-s{config.seed}"
+    )
     folder = Path(store.path) / "saes" / name
     done = (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
     if done and not config.overwrite:
@@ -289,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k", type=int, default=d.k)
     p.add_argument("--expansion", type=float, default=d.expansion)
     p.add_argument("--sae-epochs", type=float, default=d.sae_epochs)
+    p.add_argument("--sae-batch-size", type=int, default=d.sae_batch_size)
     p.add_argument("--cloud", type=int, default=d.cloud, help="points in the cloud")
     p.add_argument("--d", type=int, default=None, help="d of the global chart (default: ID)")
     p.add_argument("--max-d", type=int, default=d.max_d)
@@ -319,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         config = TSLassoStudyConfig(
             out=Path(a.out), model=a.model, device=a.device, seed=a.seed, layer=a.layer,
             hook=a.hook, tokens=a.tokens, context_length=a.context_length, sae=a.sae,
-            arch=a.arch, k=a.k, expansion=a.expansion, sae_epochs=a.sae_epochs, cloud=a.cloud,
+            arch=a.arch, k=a.k, expansion=a.expansion, sae_epochs=a.sae_epochs,
+            sae_batch_size=a.sae_batch_size, cloud=a.cloud,
             d=a.d, max_d=a.max_d, charts=tuple(a.charts), n_knn_charts=a.n_knn_charts,
             chart_size=a.chart_size, n_feature_charts=a.n_feature_charts,
             features=tuple(a.feature), n_points=a.n_points, replicates=a.replicates,
