@@ -46,17 +46,18 @@ def correlation_integral(X: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     Xc = X - X.mean(0)
     sq = (Xc * Xc).sum(1)
     r2 = radii.to(X) ** 2
-    hist = torch.zeros(len(radii) + 1, dtype=torch.float64, device=X.device)
+    counts = torch.zeros(len(radii), dtype=torch.float64, device=X.device)
     bs = max(1, DEFAULT_MEMORY_BYTES // (16 * n))
     for start in range(0, n, bs):
         Q = Xc[start : start + bs]
-        d2 = (sq[start : start + bs, None] + sq[None, :] - 2.0 * (Q @ Xc.T)).clamp_min(0)
+        # |x_j|^2 - 2 x_i.x_j: compare with r^2 - |x_i|^2 instead of forming the distance
+        S = torch.addmm(sq[None, :], Q, Xc.T, alpha=-2.0)  # (b, n)
         rows = torch.arange(Q.shape[0], device=X.device)
-        d2[rows, start + rows] = math.inf
-        # number of radii with r^2 <= d2: the pair counts for every larger index
-        b = torch.searchsorted(r2, d2.reshape(-1), right=True)
-        hist += torch.bincount(b, minlength=len(radii) + 1).to(hist)
-    return torch.cumsum(hist, 0)[:-1] / (n * (n - 1))
+        S[rows, start + rows] = math.inf
+        thresh = r2[None, :] - sq[start : start + bs, None]  # (b, n_radii)
+        for j in range(len(radii)):
+            counts[j] += (S < thresh[:, j : j + 1]).sum()
+    return counts / (n * (n - 1))
 
 
 def _slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
