@@ -346,6 +346,15 @@ def test_bad_input_gets_one_clear_error(tiny_model, tiny_texts, tmp_path, kwargs
         harvest(out=tmp_path / "bad", **args)
 
 
+def test_explicit_hook_names_ignore_the_layer_list(tiny_model, tiny_texts, tmp_path):
+    hooks = ("hook_embed", "blocks.0.hook_resid_pre")
+    kw = {**KW, "layers": (6,), "hook": hooks}  # layer 6 does not exist, but is not used
+    store = harvest(60, tmp_path, model=tiny_model, corpus=tiny_texts, **kw)
+    assert store.hooks == hooks
+    # a Llama has no positional embedding: the residual stream starts as the token embedding
+    torch.testing.assert_close(store.to_tensor(hook=hooks[0]), store.to_tensor(hook=hooks[1]))
+
+
 def test_non_token_hook_and_long_context_are_refused(tiny_model, tiny_texts, tmp_path):
     with pytest.raises(ValueError, match="not one vector per token"):
         harvest(50, tmp_path / "p", model=tiny_model, corpus=tiny_texts,

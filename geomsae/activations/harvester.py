@@ -215,7 +215,8 @@ def harvest(
         if model is not None and not isinstance(model, str)
         else load_model(model, device=device)
     )
-    validate_hooks(bridge, hooks, cfg.layers)
+    templates = [cfg.hook] if isinstance(cfg.hook, str) else list(cfg.hook)
+    validate_hooks(bridge, hooks, cfg.layers if any("{layer}" in t for t in templates) else ())
     n_ctx = getattr(bridge.cfg, "n_ctx", None)
     if n_ctx is not None and cfg.context_length > n_ctx:
         raise ValueError(
