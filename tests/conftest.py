@@ -11,6 +11,15 @@ TINY_TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_activation_cache(tmp_path_factory):
+    """Harvests given no folder go to a temporary cache, never to ~/.cache/geomsae."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GEOMSAE_CACHE_DIR", str(tmp_path_factory.mktemp("geomsae_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A 4-layer, d_model=32 random Llama in a TransformerBridge, byte-level tokenizer, BOS = 1.

@@ -55,6 +55,10 @@ class ActivationSource(abc.ABC):
         """The default hook (the first one)."""
         return self.hooks[0]
 
+    def resolve_hook(self, hook: str | None) -> str:
+        """``hook`` checked against :attr:`hooks` (``None``: the default hook)."""
+        return self._hook(hook)
+
     def _hook(self, hook: str | None) -> str:
         if hook is None:
             return self.hook
