@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geomsae.activations import DEFAULT_HOOK, harvest
-from geomsae.models import TINY_MODEL
+from geomsae.activations import DEFAULT_HOOK, CacheError, harvest
+from geomsae.models import TINY_MODEL, ModelUnavailableError
 from studies.common import (
     Timer,
     base_parser,
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     try:
         return run(config)
+    except (ValueError, CacheError, ModelUnavailableError) as exc:  # bad input: one clear line
+        p.error(str(exc))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

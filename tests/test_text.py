@@ -127,6 +127,29 @@ def test_dataset_name_without_datasets_package(monkeypatch):
         load_corpus("Salesforce/wikitext:wikitext-103-raw-v1")
 
 
+def test_dataset_rows_are_streamed(monkeypatch):
+    import sys
+    import types
+
+    calls = {}
+
+    def load_dataset(name, config, split, streaming):
+        calls.update(name=name, config=config, split=split, streaming=streaming)
+        return iter([{"text": "first"}, {"text": "  "}, {"text": "second"}, {"text": "third"}])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    corpus = load_corpus("org/data:cfg", split="validation", max_documents=2)
+    assert calls == {"name": "org/data", "config": "cfg", "split": "validation", "streaming": True}
+    assert [d.text for d in corpus] == ["first", "second"]
+    assert corpus.provenance == {
+        "kind": "huggingface",
+        "dataset": "org/data:cfg",
+        "split": "validation",
+    }
+    with pytest.raises(CorpusError, match="no column 'body'"):
+        load_corpus("org/data", text_column="body")
+
+
 def test_document_is_immutable():
     d = Document("id", "text", "src")
     with pytest.raises(AttributeError):
