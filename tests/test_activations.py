@@ -202,6 +202,7 @@ def test_cache_round_trip_and_manifest(cache):
     torch.testing.assert_close(reopened.to_tensor(), cache.to_tensor())
     m = json.loads((cache.path / "manifest.json").read_text())
     assert m["hooks"] == [HOOK] and m["d_in"] == 32 and m["n_tokens"] == 700
+    assert m["shapes"] == {HOOK: [700, 32]}
     assert m["key"]["context_length"] == 24 and m["dtype"] == "float32"
     assert len(m["shards"]) >= 4 and m["shards"][-1]["truncated"]
     assert sum(e - s for s, e in reopened.chunk_bounds()) == 700

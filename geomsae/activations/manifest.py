@@ -7,11 +7,12 @@ A complete cache folder holds::
     vocab.json                    decoded string of every token id (for contexts)
     documents.json                document ids of the corpus, by index
 
-``manifest.json`` records ``key`` (model, hooks, corpus fingerprint, context length, special-token
-policy, dtype, seed: everything that changes the rows), its hash ``key_hash``, ``d_in``,
-``n_tokens``, ``world_size`` and, per shard, its file, rank, rows, window range and SHA-256;
-``content_hash`` hashes the shard checksums in order. While a harvest runs, each rank keeps its
-progress in ``progress-rank{r}.json`` instead; the manifest appears when every rank is done.
+``manifest.json`` records ``key`` (model, hooks, corpus fingerprint, context length,
+special-token policy, dtype, seed, window grouping: everything that changes the rows), its hash
+``key_hash``, ``shapes`` per hook, ``d_in``, ``n_tokens``, ``world_size`` and, per shard, its
+file, rank, rows, window range and SHA-256; ``content_hash`` hashes the shard checksums in
+order. While a harvest runs, each rank keeps its progress in ``progress-rank{r}.json``
+instead; the manifest appears when every rank is done.
 """
 
 from __future__ import annotations

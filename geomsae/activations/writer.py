@@ -130,6 +130,7 @@ def merge_progress(folder: Path, world_size: int, extra: dict) -> dict:
         "dtype": first["dtype"],
         "world_size": world_size,
         "n_tokens": sum(sh["rows"] for sh in shards),
+        "shapes": {h: [sum(sh["rows"] for sh in shards), first["d_in"]] for h in first["hooks"]},
         "n_tokens_requested": first["n_tokens_requested"],
         "exhausted": any(s.get("exhausted") for s in states),
         "shards": shards,
