@@ -21,7 +21,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from geomsae.neighbors import Neighbors, as_tensor, check_points, find_duplicates, knn
+from geomsae.neighbors import as_tensor, check_points, find_duplicates
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,3 @@ class IDEstimator(BaseEstimator):
     def check_fitted(self, pointwise: bool = False) -> None:
         """Raise sklearn's ``NotFittedError`` unless ``fit`` (or ``fit_pointwise``) has run."""
         check_is_fitted(self, "dimension_pw_" if pointwise else "dimension_")
-
-
-def neighbor_distances(X: torch.Tensor, n_neighbors: int) -> Neighbors:
-    """Exact k-NN of the rows of ``X`` among themselves (float64, self excluded)."""
-    return knn(X, n_neighbors)
