@@ -75,7 +75,8 @@ class SuperpositionStudyConfig:
     hook: str = DEFAULT_HOOK
     """Hook name template ({layer} is substituted)."""
     tokens: int = 65_536
-    """Activation rows to harvest and train on."""
+    """Activation rows to harvest; one epoch is this many rows (a larger reused cache is
+    sampled from)."""
     context_length: int = 128
     """Tokens per harvest window."""
     activations: str | None = None
@@ -169,7 +170,8 @@ def run(config: SuperpositionStudyConfig) -> dict:
         l1_coefficient=config.l1_coefficient,
         lr=config.lr,
         batch_size=min(config.batch_size, n_rows),
-        train_tokens=int(config.epochs * n_rows),
+        # a reused cache may hold more rows than asked for: train on `tokens` rows' worth
+        train_tokens=int(config.epochs * min(config.tokens, n_rows)),
         init_samples=min(65_536, n_rows),
         seed=config.seed,
         hook_name=store.hook,

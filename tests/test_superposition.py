@@ -240,3 +240,19 @@ def test_random_directions_have_the_isotropic_dimensionality() -> None:
     W = torch.randn(4000, 50, generator=torch.Generator().manual_seed(4))
     D = feature_dimensionality(W)
     assert D.mean() == pytest.approx(50 / (50 + 3999), rel=0.03)
+
+
+def test_histogram_marks_the_sticky_fractions() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geomsae.superposition.plots import plot_dimensionality_histogram
+
+    fig = plot_dimensionality_histogram(feature_dimensionality(polygon(5)))
+    ax = fig.axes[0]
+    xs = sorted(float(line.get_xdata()[0]) for line in ax.get_lines())
+    np.testing.assert_allclose(xs, sorted([1, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8]))
+    assert {t.get_text() for t in ax.texts} == {"1", "3/4", "2/3", "1/2", "2/5", "3/8"}
+    plt.close(fig)

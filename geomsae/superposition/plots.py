@@ -20,26 +20,32 @@ if TYPE_CHECKING:
 
 def _mark_sticky(ax: Any, axis: str = "x") -> None:
     line = ax.axvline if axis == "x" else ax.axhline
+    values = [v for _, v in STICKY_FRACTIONS]
     for label, value in STICKY_FRACTIONS:
         line(value, color="0.35", ls="--", lw=0.8, zorder=0)
+        # labels of close neighbours (2/5 and 3/8) are pushed apart
+        near = [w for w in values if w != value and abs(w - value) < 0.04]
+        side = 0 if not near else (-1 if value < near[0] else 1)
         if axis == "x":
+            ha = {0: "center", -1: "right", 1: "left"}[side]
             ax.text(
                 value,
                 1.0,
                 label,
                 transform=ax.get_xaxis_transform(),
-                ha="center",
+                ha=ha,
                 va="bottom",
                 fontsize=8,
             )
         else:
+            va = {0: "center", -1: "top", 1: "bottom"}[side]
             ax.text(
                 1.0,
                 value,
                 " " + label,
                 transform=ax.get_yaxis_transform(),
                 ha="left",
-                va="center",
+                va=va,
                 fontsize=8,
             )
 
