@@ -95,8 +95,8 @@ def _pentagon_rows(res, probs: tuple[float, ...], n_seeds: int) -> list[dict]:
         rows.append(
             {
                 "1-S": p,
-                "features kept (mean)": float(np.mean(kept)),
-                "mean D_i of kept": _mean_kept_dimensionality(res, ks),
+                "features with norm >= 0.5 (mean)": float(np.mean(kept)),
+                "mean D_i of those": _mean_kept_dimensionality(res, ks),
                 "pentagon seeds": sum(is_regular_polygon(res.W[k], 5) for k in ks),
                 "seeds": n_seeds,
                 "loss": float(np.mean(res.loss[list(ks)])),
@@ -152,7 +152,7 @@ def run(config: ToyStudyConfig) -> dict:
     phase_rows = [
         {
             "1/(1-S)": float(1 / p),
-            "features kept": int((phase.norms[k] >= 0.5).sum()),
+            "features with norm >= 0.5": int((phase.norms[k] >= 0.5).sum()),
             "sum D_i": float(phase.dimensionality[k].sum()),
             "share near sticky": _sticky_share(phase.dimensionality[k]),
         }
