@@ -258,6 +258,14 @@ def test_calibration_removes_the_high_dimension_bias():
     assert clone(gd.Calibrated(gd.MLE(10))).get_params()["estimator__n_neighbors"] == 10
 
 
+def test_calibration_splits_large_data_into_parts():
+    X = sphere(1200, d=3, ambient_dim=6, random_state=0).X
+    whole = gd.Calibrated().fit(X)
+    parts = gd.Calibrated(max_samples=600).fit(X)  # two disjoint parts of 600, curve at n=600
+    assert abs(parts.dimension_ - 3) < 0.3 and abs(whole.dimension_ - 3) < 0.3
+    assert parts.raw_dimension_ != whole.raw_dimension_
+
+
 # ------------------------------------------------------------------------------ scale
 
 

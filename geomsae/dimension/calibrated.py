@@ -84,7 +84,8 @@ class Calibrated(IDEstimator):
         Largest reference dimension tried (default: the ambient dimension). The estimate is
         capped there, with a warning.
     random_state : int or None, default 0
-        Seed of the reference samples and of the split.
+        Seed of the reference samples and of the split (for the reference samples None counts
+        as 0, so that cached calibration curves stay reproducible).
     on_duplicates : {"raise", "drop"}
         Duplicate-point policy, applied once before the base estimator runs.
 
