@@ -298,7 +298,7 @@ def knn(
     Y: Any | None = None,
     block_size: int | None = None,
     query_indices: Any | None = None,
-    screen_dtype: torch.dtype = torch.float64,
+    screen_dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> Neighbors:
     """Exact k nearest neighbours, blocked over the queries.
@@ -317,8 +317,12 @@ def knn(
     query_indices : int array of shape (n_queries,), optional
         Only with ``Y=None``: search neighbours (among all of ``X``) of the rows
         ``X[query_indices]`` only, still excluding each query itself.
-    screen_dtype : torch.dtype
-        ``torch.float64`` (default): one float64 matrix product per block; distances come from
+    screen_dtype : torch.dtype, optional
+        Both choices give the same neighbours and float64 distances; they differ in speed.
+        None (default) picks float32 on GPUs, and on CPU when the reference set is large next
+        to the number of candidates (``n_reference >= 400 * (k + max(4, k // 4))``, where the
+        cheaper product outweighs the candidate gather; measured on a 2-core CPU at D = 576),
+        else float64. ``torch.float64``: one float64 matrix product per block; distances come from
         the (centred) expansion, accurate to ~1e-16 of the squared norms, with near-duplicate
         pairs re-measured directly. ``torch.float32``: a float32 screen (twice the GEMM speed)
         keeping ``max(4, k // 4)`` extra candidates, all re-measured in float64 (a gather that
@@ -365,6 +369,9 @@ def knn(
             f"use n_neighbors <= {max_k} or more points"
         )
     k = int(n_neighbors)
+    if screen_dtype is None:
+        wide = n_ref >= 400 * min(max_k, k + max(4, k // 4))
+        screen_dtype = torch.float32 if (Xt.is_cuda or wide) else torch.float64
     if screen_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"screen_dtype must be torch.float32 or torch.float64; got {screen_dtype}")
     n_cand = k if screen_dtype == torch.float64 else min(max_k, k + max(4, k // 4))
