@@ -420,6 +420,10 @@ def test_two_gloo_ranks_share_one_cache(tiny_model, tiny_texts, tmp_path):
         window = [1] + tok(tiny_texts[doc], add_special_tokens=False)["input_ids"][:23]
         ref = _direct(tiny_model, window)[store.metadata.position[rows]]
         torch.testing.assert_close(x[rows], ref, atol=1e-5, rtol=1e-5)
+    # one process may reuse the two-rank cache, but not extend it (the slices would differ)
+    assert len(harvest(400, tmp_path, model=tiny_model, corpus=tiny_texts, **KW)) == 400
+    with pytest.raises(CacheError, match="harvested with 2 processes"):
+        harvest(800, tmp_path, model=tiny_model, corpus=tiny_texts, **KW)
 
 
 # -- default folder and the study ----------------------------------------------------------------
