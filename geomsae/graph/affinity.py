@@ -50,10 +50,8 @@ def adjacency_matrix(
     X = check_points(X)
     n = X.shape[0]
     if radius is not None:
-        G = radius_neighbors(X, radius, max_neighbors=max_neighbors)
-        if max_neighbors is None:
-            return G
-        G = G.tocoo()
+        # always symmetrised: blocked distances i->j and j->i can differ in the last bit
+        G = radius_neighbors(X, radius, max_neighbors=max_neighbors).tocoo()
         r, c, v = G.row, G.col, G.data
     else:
         nb = knn(X, n_neighbors)
@@ -65,7 +63,11 @@ def adjacency_matrix(
 
 
 def _union(r: np.ndarray, c: np.ndarray, v: np.ndarray, n: int) -> sp.csr_matrix:
-    """Symmetric csr with the edges (r, c) and (c, r), each once, explicit zeros kept."""
+    """Symmetric csr with the edges (r, c) and (c, r), each once, explicit zeros kept.
+
+    An edge found in both directions gets the smaller of its two lengths, so the matrix is
+    exactly symmetric even when the two were computed in different blocks.
+    """
     rows, cols, vals = np.r_[r, c], np.r_[c, r], np.r_[v, v]
     key = rows.astype(np.int64) * n + cols
     key, first = np.unique(key, return_index=True)  # sorted by (row, col)
@@ -74,6 +76,9 @@ def _union(r: np.ndarray, c: np.ndarray, v: np.ndarray, n: int) -> sp.csr_matrix
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     G = sp.csr_matrix((vals, cols, indptr), shape=(n, n))
     G.has_sorted_indices = True
+    Gt = G.T.tocsr()  # same sparsity pattern as G, explicit zeros included
+    Gt.sort_indices()
+    G.data = np.minimum(G.data, Gt.data)
     return G
 
 
