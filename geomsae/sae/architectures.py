@@ -293,17 +293,20 @@ class TopKSAE(SAE):
 
     def _select(self, pre: Tensor, ctx: StepContext) -> SparseCodes:
         vals, idx = pre.topk(self.config.k, dim=-1, sorted=False)
-        return codes_from_topk(vals, idx)
+        return codes_from_topk(vals, idx, self.n_features)
 
     def _use_sparse(self, x: Tensor) -> bool:
         if self.decode_impl == "auto":
             return x.device.type == "cpu"
         return self.decode_impl == "sparse"
 
-    def _values_and_decode(self, x: Tensor, pre: Tensor | None, codes: SparseCodes, sparse: bool):
+    def _values_and_decode(
+        self, x: Tensor, pre: Tensor | None, codes: SparseCodes, sparse: bool, xc: Tensor
+    ):
         """Differentiable activations at the selected entries and their decoding (no bias)."""
         if sparse:
-            vals = F.relu(gather_pre_acts(x, self.encoder_weight, self.b_enc, self.b_dec, codes))
+            pre_sel = gather_pre_acts(x, self.encoder_weight, self.b_enc, self.b_dec, codes, xc)
+            vals = F.relu(pre_sel)
             return vals, sparse_decode(codes, vals, self.W_dec)
         vals = F.relu(pre[codes.rows, codes.cols])
         dense = dense_codes(codes, vals, x.shape[0], self.n_features)
@@ -320,7 +323,7 @@ class TopKSAE(SAE):
             pre = F.linear(xc, self.encoder_weight, self.b_enc)
             pre_nograd = pre.detach()
         codes = self._select(pre_nograd, ctx)
-        vals, dec = self._values_and_decode(x, pre, codes, sparse)
+        vals, dec = self._values_and_decode(x, pre, codes, sparse, xc)
         x_hat = dec + self.b_dec
         mse = reconstruction_loss(x, x_hat)
         aux = x.new_zeros(())
@@ -328,10 +331,10 @@ class TopKSAE(SAE):
             n_dead = int(ctx.dead.sum())
             if n_dead > 0:
                 k_aux = min(self.config.resolved_aux_k, n_dead)
-                masked = pre_nograd.masked_fill(~ctx.dead, -math.inf)
-                avals, aidx = masked.topk(k_aux, dim=-1, sorted=False)
-                aux_codes = codes_from_topk(avals, aidx)
-                _, e_hat = self._values_and_decode(x, pre, aux_codes, sparse)
+                dead_idx = ctx.dead.nonzero().squeeze(1)
+                avals, aidx = pre_nograd.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False)
+                aux_codes = codes_from_topk(avals, dead_idx[aidx], self.n_features)
+                _, e_hat = self._values_and_decode(x, pre, aux_codes, sparse, xc)
                 scale = min(n_dead / self.config.resolved_aux_k, 1.0)
                 aux = scale * auxk_loss(x - x_hat.detach(), e_hat, ctx)
         loss = mse + self.config.aux_k_coefficient * aux
@@ -382,7 +385,7 @@ class BatchTopKSAE(TopKSAE):
             tau = pre.reshape(-1).topk(total, sorted=False).values.min()
             cvals, cidx = pre.topk(p, dim=-1, sorted=False)
             keep = cvals >= tau
-        return codes_from_mask(cvals, cidx, keep)
+        return codes_from_mask(cvals, cidx, keep, self.n_features)
 
     @torch.no_grad()
     def _after_select(self, codes: SparseCodes, vals: Tensor, ctx: StepContext) -> None:

@@ -47,8 +47,8 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
 
 def total_variance(e: Tensor, ctx: StepContext) -> Tensor:
     """Mean over all processes' samples of ||e_i - mean(e)||^2 (a scalar, no gradient)."""
-    e = e.detach().double()
-    packed = torch.cat([e.sum(0), e.pow(2).sum()[None], e.new_tensor([e.shape[0]])])
+    e = e.detach()
+    packed = torch.cat([e.sum(0), e.pow(2).sum()[None], e.new_tensor([e.shape[0]])]).double()
     packed = ctx.reduce_sum(packed)
     n = packed[-1]
     mean = packed[:-2] / n

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
 class SparseCodes(NamedTuple):
-    """Selected (sample, feature) pairs of a batch, row-major.
+    """Selected (sample, feature) pairs of a batch, row-major, with their grouping by feature.
 
     Attributes
     ----------
@@ -37,42 +38,67 @@ class SparseCodes(NamedTuple):
         Start of each sample's entries in ``rows``/``cols``.
     pre : Tensor, shape (nnz,)
         Pre-activations at the selected entries (no gradient).
+    order : Tensor of int64, shape (nnz,)
+        Entries sorted by feature (stable), shared by both weight gradients.
+    col_offsets : Tensor of int64, shape (n_features,)
+        Start of each feature's run in ``order``.
     """
 
     rows: Tensor
     cols: Tensor
     offsets: Tensor
     pre: Tensor
+    order: Tensor
+    col_offsets: Tensor
 
 
-def codes_from_topk(values: Tensor, indices: Tensor) -> SparseCodes:
+def group_by_feature(cols: Tensor, n_features: int) -> tuple[Tensor, Tensor]:
+    """Stable order of the entries by feature and each feature's start in it.
+
+    On the CPU this is NumPy's radix sort on 16-bit keys (about 40x faster than
+    ``torch.argsort(stable=True)`` for 131k entries); elsewhere ``torch.argsort``.
+    """
+    if cols.device.type == "cpu":
+        keys = cols.numpy().astype(np.int16 if n_features < 2**15 else np.int32)
+        order = torch.from_numpy(np.argsort(keys, kind="stable"))
+    else:
+        order = torch.argsort(cols, stable=True)
+    counts = torch.bincount(cols, minlength=n_features)
+    return order, torch.cumsum(counts, 0) - counts
+
+
+def codes_from_topk(values: Tensor, indices: Tensor, n_features: int) -> SparseCodes:
     """Row-major sparse codes from a per-row top-k, shapes (n, k)."""
     n, k = indices.shape
     dev = indices.device
     rows = torch.arange(n, device=dev).repeat_interleave(k)
     offsets = torch.arange(0, n * k, k, device=dev)
-    return SparseCodes(rows, indices.reshape(-1), offsets, values.reshape(-1))
+    cols = indices.reshape(-1)
+    return SparseCodes(rows, cols, offsets, values.reshape(-1), *group_by_feature(cols, n_features))
 
 
-def codes_from_mask(values: Tensor, indices: Tensor, keep: Tensor) -> SparseCodes:
+def codes_from_mask(values: Tensor, indices: Tensor, keep: Tensor, n_features: int) -> SparseCodes:
     """Row-major sparse codes keeping ``keep`` (bool, (n, m)) of candidates ``indices`` (n, m)."""
     n = indices.shape[0]
     counts = keep.sum(1)
     offsets = torch.cumsum(counts, 0) - counts
     rows = torch.arange(n, device=indices.device).repeat_interleave(counts)
-    return SparseCodes(rows, indices[keep], offsets, values[keep])
+    cols = indices[keep]
+    return SparseCodes(rows, cols, offsets, values[keep], *group_by_feature(cols, n_features))
 
 
-def grouped_sum(cols: Tensor, rows: Tensor, weights: Tensor, src: Tensor, n_groups: int) -> Tensor:
-    """``out[j] = sum_{e: cols[e] = j} weights[e] * src[rows[e]]``, shape (n_groups, src.shape[1]).
+def grouped_sum(codes: SparseCodes, weights: Tensor, src: Tensor) -> Tensor:
+    """``out[j] = sum_{e: cols[e] = j} weights[e] * src[rows[e]]``, shape (n_features, d).
 
-    One ``embedding_bag`` over the entries sorted by group: no (nnz, d) intermediate.
+    One ``embedding_bag`` over the entries grouped by feature: no (nnz, d) intermediate.
     """
-    order = torch.argsort(cols, stable=True)
-    counts = torch.bincount(cols, minlength=n_groups)
-    offsets = torch.cumsum(counts, 0) - counts
+    o = codes.order
     return F.embedding_bag(
-        rows[order], src, offsets, mode="sum", per_sample_weights=weights[order].to(src.dtype)
+        codes.rows[o],
+        src,
+        codes.col_offsets,
+        mode="sum",
+        per_sample_weights=weights[o].to(src.dtype),
     )
 
 
@@ -80,20 +106,24 @@ class _GatherPreActs(torch.autograd.Function):
     """Pre-activations ``(x - b_dec) @ W_enc[j] + b_enc[j]`` at given entries, sparse backward."""
 
     @staticmethod
-    def forward(ctx, x, enc_weight, b_enc, b_dec, rows, cols, offsets, pre):  # noqa: D102
-        ctx.save_for_backward(x, enc_weight, b_dec, rows, cols, offsets)
-        return pre.to(enc_weight.dtype).clone()
+    def forward(ctx, x, enc_weight, b_enc, b_dec, codes, xc):  # noqa: D102
+        ctx.save_for_backward(x, enc_weight, b_dec, xc)
+        ctx.codes = codes
+        return codes.pre.to(enc_weight.dtype).clone()
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        x, enc_weight, b_dec, rows, cols, offsets = ctx.saved_tensors
+        x, enc_weight, b_dec, xc = ctx.saved_tensors
+        codes = ctx.codes
+        cols, offsets = codes.cols, codes.offsets
         g = g.to(enc_weight.dtype)
         n_features = enc_weight.shape[0]
         grad_x = grad_enc = grad_b_enc = grad_b_dec = None
         need_x, need_enc, need_benc, need_bdec = ctx.needs_input_grad[:4]
         if need_enc:
-            xc = x.to(enc_weight.dtype) - b_dec
-            grad_enc = grouped_sum(cols, rows, g, xc, n_features)
+            if xc.numel() == 0:
+                xc = x.to(enc_weight.dtype) - b_dec
+            grad_enc = grouped_sum(codes, g, xc)
         col_sum = torch.zeros(n_features, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
         if need_benc:
             grad_b_enc = col_sum
@@ -102,27 +132,67 @@ class _GatherPreActs(torch.autograd.Function):
         if need_x:
             grad_x = F.embedding_bag(cols, enc_weight, offsets, mode="sum", per_sample_weights=g)
             grad_x = grad_x.to(x.dtype)
-        return grad_x, grad_enc, grad_b_enc, grad_b_dec, None, None, None, None
+        return grad_x, grad_enc, grad_b_enc, grad_b_dec, None, None
 
 
 def gather_pre_acts(
-    x: Tensor, enc_weight: Tensor, b_enc: Tensor, b_dec: Tensor, codes: SparseCodes
+    x: Tensor,
+    enc_weight: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    codes: SparseCodes,
+    centred: Tensor | None = None,
 ) -> Tensor:
     """Differentiable pre-activations at the entries of ``codes``, shape (nnz,).
 
     The forward reuses ``codes.pre`` (computed without gradient); the backward costs
-    O(nnz * d_in) instead of the O(n * d_sae * d_in) of a dense matmul.
+    O(nnz * d_in) instead of the O(n * d_sae * d_in) of a dense matmul. ``centred`` is
+    ``x - b_dec`` if the caller has it (saves recomputing it).
     """
-    return _GatherPreActs.apply(
-        x, enc_weight, b_enc, b_dec, codes.rows, codes.cols, codes.offsets, codes.pre
-    )
+    xc = centred.detach() if centred is not None else x.new_empty(0)
+    return _GatherPreActs.apply(x, enc_weight, b_enc, b_dec, codes, xc)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``embedding_bag`` decoder whose weight gradient reuses the codes' feature grouping."""
+
+    @staticmethod
+    def forward(ctx, values, W_dec, codes):  # noqa: D102
+        ctx.save_for_backward(values, W_dec)
+        ctx.codes = codes
+        return F.embedding_bag(
+            codes.cols, W_dec, codes.offsets, mode="sum", per_sample_weights=values
+        )
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        values, W_dec = ctx.saved_tensors
+        codes = ctx.codes
+        g = g.to(W_dec.dtype).contiguous()
+        grad_w = grouped_sum(codes, values, g) if ctx.needs_input_grad[1] else None
+        grad_v = None
+        if ctx.needs_input_grad[0]:
+            grad_v = _entry_dots(W_dec, g, codes).to(values.dtype)
+        return grad_v, grad_w, None
+
+
+def _entry_dots(W_dec: Tensor, g: Tensor, codes: SparseCodes, chunk: int = 8192) -> Tensor:
+    """``<W_dec[cols[e]], g[rows[e]]>`` for every entry, shape (nnz,)."""
+    try:  # ATen's kernel for exactly this (embedding_bag's per-sample-weight gradient)
+        return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            g, W_dec, codes.cols, codes.offsets, codes.rows, 0, -1
+        )
+    except (RuntimeError, AttributeError):  # pragma: no cover - other torch versions
+        out = torch.empty(len(codes.cols), dtype=g.dtype, device=g.device)
+        for s in range(0, len(codes.cols), chunk):
+            c, r = codes.cols[s : s + chunk], codes.rows[s : s + chunk]
+            out[s : s + chunk] = (W_dec[c] * g[r]).sum(1)
+        return out
 
 
 def sparse_decode(codes: SparseCodes, values: Tensor, W_dec: Tensor) -> Tensor:
     """``sum_s values_s W_dec[cols_s]`` per sample, shape (n_samples, d_in) (no bias)."""
-    return F.embedding_bag(
-        codes.cols, W_dec, codes.offsets, mode="sum", per_sample_weights=values.to(W_dec.dtype)
-    )
+    return _SparseDecode.apply(values.to(W_dec.dtype), W_dec, codes)
 
 
 def dense_codes(codes: SparseCodes, values: Tensor, n_samples: int, n_features: int) -> Tensor:

@@ -117,9 +117,10 @@ class _Run:
         fired = ddp.reduce_sum(out.fired.to(torch.int32)) > 0
         self.since_fired += n_global
         self.since_fired[fired] = 0
-        resid = (x - out.x_hat).float()
-        fvu = resid.pow(2).sum() / (x.float() - x.float().mean(0)).pow(2).sum().clamp_min(1e-12)
-        stats = {"loss": out.loss.item(), "fvu": fvu.item(), "l0": out.l0, "lr": lr, **out.terms}
+        # batch FVU around the batch mean, from the loss's own MSE (no extra pass over x_hat)
+        var = x.float().var(0, unbiased=False).sum().clamp_min(1e-12)
+        fvu = out.terms["mse"] / var.item()
+        stats = {"loss": out.loss.item(), "fvu": fvu, "l0": out.l0, "lr": lr, **out.terms}
         self.window.append(stats)
         return stats
 
