@@ -124,7 +124,7 @@ def run_speed(args: argparse.Namespace) -> None:
         ).X
         rng = np.random.default_rng(args.seed)
         cases = speed_cases(X, args.lpca_subset, rng)
-        knn(X[:500], 20)  # warm-up (thread pools, allocator), so the first row is not penalised
+        gd.mle(X[:500], 20)  # warm-up (thread pools, allocator, kernels): first row not penalised
         data = f"n = {n}, D = {args.dim} (10-dim Gaussian + noise 0.01), seed {args.seed}"
         print(f"\n### Speed: {data}\n")
         print(
