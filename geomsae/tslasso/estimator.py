@@ -57,6 +57,9 @@ class TSLasso(BaseEstimator):
         0 skips it (``path_`` then holds that replicate's bisection probes).
     path_min_ratio : float
         The path runs from ``lambda_max`` down to ``path_min_ratio * lambda_max``.
+    path_max_selected : int, optional
+        Stop the path once more functions than this are selected (default ``max(50, 10 d)``),
+        so a large dictionary does not turn the path's small-``lam`` end into a dense problem.
     two_stage : bool
         Also run the two-stage variant (brute force over the active set at the smallest probe).
     max_subsets : int
@@ -115,6 +118,7 @@ class TSLasso(BaseEstimator):
         max_probes: int = 12,
         n_lambdas: int = 30,
         path_min_ratio: float = 0.05,
+        path_max_selected: int | None = None,
         two_stage: bool = True,
         max_subsets: int = 100_000,
         normalize: bool = True,
@@ -136,6 +140,7 @@ class TSLasso(BaseEstimator):
         self.max_probes = max_probes
         self.n_lambdas = n_lambdas
         self.path_min_ratio = path_min_ratio
+        self.path_max_selected = path_max_selected
         self.two_stage = two_stage
         self.max_subsets = max_subsets
         self.normalize = normalize
@@ -249,7 +254,11 @@ class TSLasso(BaseEstimator):
         if with_path and self.n_lambdas > 0:
             t0 = time.perf_counter()
             sols = regularization_path(
-                problem, n_lambdas=self.n_lambdas, min_ratio=self.path_min_ratio, config=cfg
+                problem,
+                n_lambdas=self.n_lambdas,
+                min_ratio=self.path_min_ratio,
+                config=cfg,
+                max_selected=self.path_max_selected or max(50, 10 * d),
             )
             path = RegularizationPath.from_solutions(sols, lam_max, problem.n_functions)
             times["path"] = time.perf_counter() - t0
