@@ -11,6 +11,9 @@ import pytest
 import torch
 from sklearn.base import clone
 
+from geomsae.sae import ARCHITECTURES
+from geomsae.sae.architectures import build_sae
+from geomsae.sae.config import SAEConfig
 from geomsae.sae.dictionary import Dictionary
 from geomsae.tslasso import (
     TSLasso,
@@ -204,3 +207,19 @@ def test_gpu_fit_matches_cpu():
     gpu_sae = TSLasso(device="cuda", **kw).fit(to.X, bases=to.bases, dictionary=sae)
     cpu_sae = TSLasso(device="cpu", **kw).fit(to.X, bases=to.bases, dictionary=sae.cpu())
     np.testing.assert_allclose(gpu_sae.selection_frequency_, cpu_sae.selection_frequency_)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_sae_architecture_jacobian_matches_autograd(arch):
+    to = torus_dictionary(n_samples=150, ambient_dim=16, random_state=7)
+    x, bases = torch.as_tensor(to.X), torch.as_tensor(to.bases)
+    torch.manual_seed(0)
+    sae = build_sae(SAEConfig(arch=arch, d_in=16, n_features=48, k=8), dtype=torch.float64)
+    sae.eval()
+    with torch.no_grad():  # a spread of biases so that features are on at some points only
+        sae.b_enc.copy_(torch.linspace(-0.1, 0.2, 48, dtype=torch.float64))
+    closed = dictionary_problem(sae, x, bases)
+    auto = problem_from_gradients(function_jacobians(sae.encode, x).detach(), bases)
+    assert int((closed.gamma > 0).sum()) > 0
+    torch.testing.assert_close(closed.gamma, auto.gamma)
+    torch.testing.assert_close(closed.X, auto.X)
