@@ -71,6 +71,38 @@ def test_float32_screening_gives_the_same_answer():
     np.testing.assert_allclose(a.distances, b.distances, atol=1e-12)
 
 
+def test_uncertified_rows_fall_back_to_float64(monkeypatch):
+    # tight clusters (spread 1e-2) far from each other (~1e3): float32 rounding (~1e-4 of the
+    # squared norms) cannot rank points inside a cluster, so no row can be certified and all
+    # are redone in float64 -- the answer must still be the float64 one
+    import geomsae.neighbors as nbm
+
+    rng = np.random.default_rng(7)
+    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
+    calls = []
+    block = nbm._knn_block
+
+    def spy(*args, **kwargs):
+        out = block(*args, **kwargs)
+        calls.append((args[5], int((~out[2]).sum())))
+        return out
+
+    monkeypatch.setattr(nbm, "_knn_block", spy)
+    a = knn(X, 2, screen_dtype=torch.float32)
+    monkeypatch.undo()
+    assert calls[0] == (torch.float32, 300) and calls[1][0] == torch.float64
+    b = knn(X, 2, screen_dtype=torch.float64)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9)
+
+
+def test_automatic_screen_matches_float64_on_a_wide_reference_set():
+    X = np.random.default_rng(8).normal(size=(2500, 20))  # 2500 >= 400 * 5: float32 screen
+    a, b = knn(X, 1), knn(X, 1, screen_dtype=torch.float64)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12)
+
+
 def test_duplicates_come_back_at_exact_zero():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(50, 6)) * 1e3
