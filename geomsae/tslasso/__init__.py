@@ -6,8 +6,9 @@ entry point; the pieces are importable for custom pipelines: the problem (projec
 gradients), the FISTA group-lasso solver with screening, the lambda search and the results.
 """
 
-from geomsae.tslasso.estimator import TSLasso, resolve_device
+from geomsae.tslasso.estimator import TSLasso
 from geomsae.tslasso.gradients import dictionary_problem, function_jacobians
+from geomsae.tslasso.inputs import resolve_device
 from geomsae.tslasso.path import (
     Bisection,
     bisect_lambda,

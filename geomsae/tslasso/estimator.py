@@ -22,20 +22,21 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from geomsae.tslasso.gradients import dictionary_problem, function_jacobians
+from geomsae.tslasso.inputs import (
+    check_points,
+    count_functions,
+    problem_builder,
+    resolve_device,
+    resolve_dimension,
+    resolve_dtype,
+    tangent_bases,
+)
 from geomsae.tslasso.path import bisect_lambda, regularization_path, two_stage_support
-from geomsae.tslasso.problem import TSLassoProblem, problem_from_gradients
+from geomsae.tslasso.problem import TSLassoProblem
 from geomsae.tslasso.result import RegularizationPath, ReplicateResult, TSLassoResult
 from geomsae.tslasso.solver import SolverConfig
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class TSLasso(BaseEstimator):
@@ -185,25 +186,15 @@ class TSLasso(BaseEstimator):
         """
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
-        sources = [s is not None for s in (gradients, dictionary, function)]
-        if sum(sources) != 1:
-            raise ValueError(
-                "give exactly one of gradients=(n_samples, n_functions, d_model) array, "
-                f"dictionary=Dictionary or function=callable; got {sum(sources)}"
-            )
         self._check_params()
         device = resolve_device(self.device)
-        points = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
-        if points.ndim != 2 or not torch.isfinite(points).all():
-            raise ValueError(
-                f"X must be a finite array of shape (n_samples, d_model), got {tuple(points.shape)}"
-            )
-        N, ambient = points.shape
+        points = check_points(X)
+        N = points.shape[0]
         if self.n_points > N:
             raise ValueError(f"n_points={self.n_points} exceeds the {N} points given; lower it")
-        n_functions = self._n_functions(gradients, dictionary, function, points)
-        d = self._resolve_d(points, bases, timings)
-        dtype = self._resolve_dtype(n_functions, d)
+        p = count_functions(points, gradients, dictionary, function)
+        d = resolve_dimension(points, bases, self.d, self.dimension_estimator, timings)
+        dtype = resolve_dtype(self.dtype, self.n_points, p, d)
 
         rng = np.random.default_rng(self.random_state)
         subsets = [
@@ -212,7 +203,12 @@ class TSLasso(BaseEstimator):
         needed = np.unique(np.concatenate(subsets))
         row = np.full(N, -1)
         row[needed] = np.arange(needed.size)
-        tangent = self._bases(points, bases, d, needed, timings).to(device=device, dtype=dtype)
+        tangent = tangent_bases(
+            points, bases, d, needed, self.tangent_neighbors, self.tangent_bandwidth, timings
+        ).to(device=device, dtype=dtype)
+        build = problem_builder(
+            points, gradients, dictionary, function, device, dtype, self.normalize
+        )
 
         cfg = SolverConfig(
             tol=self.tol, max_iter=self.max_iter, screening=self.screening, kkt_tol=self.kkt_tol
@@ -223,11 +219,10 @@ class TSLasso(BaseEstimator):
             tqdm(subsets, desc="TSLasso replicates", disable=not self.progress)
         ):
             tb = tangent[torch.as_tensor(row[idx])]
-            build = self._builder(points, gradients, dictionary, function, device, dtype)
             reps.append(self._replicate(build, idx, tb, d, cfg, with_path=(r == 0)))
         timings["replicates"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
-        self._aggregate(reps, d, n_functions, timings)
+        self._aggregate(reps, d, p, timings)
         return self
 
     def _replicate(self, build, idx, bases, d, cfg, with_path) -> ReplicateResult:
@@ -283,126 +278,7 @@ class TSLasso(BaseEstimator):
                 "need n_points >= 2 and n_replicates >= 1, "
                 f"got {self.n_points}, {self.n_replicates}"
             )
-        if self.dtype not in ("auto", "float32", "float64"):
-            raise ValueError(f"dtype must be 'auto', 'float32' or 'float64', got {self.dtype!r}")
-
-    def _n_functions(self, gradients, dictionary, function, points) -> int:
-        N, ambient = points.shape
-        if gradients is not None:
-            shape = tuple(gradients.shape)
-            if len(shape) != 3 or shape[0] != N or shape[2] != ambient:
-                raise ValueError(
-                    f"gradients must have shape (n_samples={N}, n_functions, d_model={ambient}), "
-                    f"got {shape}"
-                )
-            return shape[1]
-        if dictionary is not None:
-            if getattr(dictionary, "d_in", None) != ambient:
-                raise ValueError(
-                    f"dictionary.d_in={getattr(dictionary, 'd_in', None)} does not match the "
-                    f"points' d_model={ambient}"
-                )
-            return int(dictionary.n_features)
-        if not callable(function):
-            raise ValueError("function must be callable: (m, d_model) -> (m, n_functions)")
-        with torch.no_grad():
-            out = function(_like_function(points[:2], function))
-        if out.ndim != 2 or out.shape[0] != 2:
-            raise ValueError(
-                "function must map (m, d_model) to (m, n_functions); "
-                f"got {tuple(out.shape)} for m=2"
-            )
-        return int(out.shape[1])
-
-    def _resolve_d(self, points, bases, timings) -> int:
-        if bases is not None:
-            k = int(bases.shape[-1])
-            if self.d is not None and self.d != k:
-                raise ValueError(
-                    f"d={self.d} but the tangent bases have {k} columns; make them agree"
-                )
-            return k
-        if self.d is not None:
-            return int(self.d)
-        t0 = time.perf_counter()
-        try:
-            from geomsae.dimension import ESTIMATORS
-        except ImportError as err:  # pragma: no cover - depends on geomsae.dimension
-            raise ValueError(
-                "d=None needs geomsae.dimension to estimate the intrinsic dimension, which is not "
-                "available; pass d= or tangent bases"
-            ) from err
-        if self.dimension_estimator not in ESTIMATORS:
-            raise ValueError(
-                f"unknown dimension_estimator {self.dimension_estimator!r}; "
-                f"choose from {sorted(ESTIMATORS)}"
-            )
-        est = ESTIMATORS[self.dimension_estimator]().fit(points.double().cpu().numpy())
-        d = max(1, int(round(float(est.dimension_))))
-        timings["dimension"] = time.perf_counter() - t0
-        logger.info("estimated intrinsic dimension %.2f -> d=%d", float(est.dimension_), d)
-        return d
-
-    def _resolve_dtype(self, p: int, d: int) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.float64 if self.n_points * p * d <= 10_000_000 else torch.float32
-        return getattr(torch, self.dtype)
-
-    def _bases(self, points, bases, d, needed, timings) -> torch.Tensor:
-        N, ambient = points.shape
-        if bases is not None:
-            tb = torch.as_tensor(np.asarray(bases) if not torch.is_tensor(bases) else bases)
-            if tb.shape != (N, ambient, d):
-                raise ValueError(
-                    f"bases must have shape (n_samples={N}, d_model={ambient}, d={d}), "
-                    f"got {tuple(tb.shape)}"
-                )
-            return tb[torch.as_tensor(needed)]
-        t0 = time.perf_counter()
-        try:
-            from geomsae.tangent import tangent_spaces
-        except ImportError as err:  # pragma: no cover - depends on geomsae.tangent
-            raise ValueError(
-                "estimating tangent bases needs geomsae.tangent.tangent_spaces, which is not "
-                "available; pass bases= of shape (n_samples, d_model, d)"
-            ) from err
-        kw: dict[str, Any] = {}
-        if self.tangent_bandwidth is not None:
-            kw["bandwidth"] = self.tangent_bandwidth
-        if self.tangent_neighbors is not None or self.tangent_bandwidth is None:
-            kw["n_neighbors"] = self.tangent_neighbors or max(10, 3 * d)
-        ts = tangent_spaces(points, d, indices=torch.as_tensor(needed), **kw)
-        timings["tangent"] = time.perf_counter() - t0
-        return torch.as_tensor(ts.bases)
-
-    def _builder(self, points, gradients, dictionary, function, device, dtype):
-        """A function (indices, bases) -> TSLassoProblem for the chosen gradient source."""
-        normalize = self.normalize
-
-        def place(problem: TSLassoProblem) -> TSLassoProblem:
-            return TSLassoProblem(problem.X.to(device, dtype), problem.gamma.to(device, dtype))
-
-        if gradients is not None:
-
-            def build(idx, bases):
-                g = gradients[idx] if torch.is_tensor(gradients) else np.asarray(gradients[idx])
-                g = torch.as_tensor(g).to(device, dtype)
-                return problem_from_gradients(g, bases, normalize)
-
-        elif dictionary is not None:
-
-            def build(idx, bases):
-                x = points[torch.as_tensor(idx)]
-                return place(dictionary_problem(dictionary, x, bases, normalize, dtype))
-
-        else:
-
-            def build(idx, bases):
-                x = _like_function(points[torch.as_tensor(idx)], function)
-                jac = function_jacobians(function, x)
-                return place(problem_from_gradients(jac.detach(), bases.to(jac), normalize))
-
-        return build
+        resolve_dtype(self.dtype, 1, 1, 1)  # validates the name
 
     # ---- results -----------------------------------------------------------------------------
     def _aggregate(self, reps: list[ReplicateResult], d: int, p: int, timings) -> None:
@@ -466,12 +342,4 @@ def _consensus(
     return best, top / len(supports), selection
 
 
-def _like_function(x: torch.Tensor, function: Any) -> torch.Tensor:
-    """Points cast to a module's parameter dtype/device (a plain callable gets float64 CPU)."""
-    params = list(function.parameters()) if isinstance(function, torch.nn.Module) else []
-    if params:
-        return x.to(device=params[0].device, dtype=params[0].dtype)
-    return x.to(torch.float64) if not x.is_floating_point() else x
-
-
-__all__ = ["TSLasso", "resolve_device"]
+__all__ = ["TSLasso"]
