@@ -8,7 +8,6 @@ gradients), the FISTA group-lasso solver with screening, the lambda search and t
 
 from geomsae.tslasso.estimator import TSLasso
 from geomsae.tslasso.gradients import dictionary_problem, function_jacobians
-from geomsae.tslasso.inputs import resolve_device
 from geomsae.tslasso.path import (
     Bisection,
     bisect_lambda,
@@ -54,7 +53,6 @@ __all__ = [
     "problem_from_gradients",
     "problem_from_projected",
     "regularization_path",
-    "resolve_device",
     "solve",
     "subset_scores",
     "two_stage_support",

@@ -22,11 +22,11 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from geomsae.models import resolve_device
 from geomsae.tslasso.inputs import (
     check_points,
     count_functions,
     problem_builder,
-    resolve_device,
     resolve_dimension,
     resolve_dtype,
     tangent_bases,

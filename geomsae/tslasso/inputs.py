@@ -20,13 +20,6 @@ ProblemBuilder = Callable[[np.ndarray, torch.Tensor], TSLassoProblem]
 """(point indices, tangent bases at them) -> the replicate's problem."""
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_dtype(dtype: str, n_points: int, p: int, d: int) -> torch.dtype:
     """``"auto"``: float64 when ``n_points * p * d <= 1e7`` (a small problem), else float32."""
     if dtype == "auto":
