@@ -126,6 +126,7 @@ def run_chart(chart: Chart, X: torch.Tensor, sae, active: np.ndarray, config) ->
         n_replicates=config.replicates,
         n_lambdas=12 if chart.kind == "global" else 0,
         path_min_ratio=0.2,
+        max_subsets=3000,  # the two-stage brute force only where it is cheap (about 1 s)
         device=config.device,
         random_state=config.seed,
     )
