@@ -75,6 +75,15 @@ def test_compare_sizes_rejects_bad_input() -> None:
         compare_sizes([[np.eye(3), np.eye(3)]], [3, 3], [0])
     with pytest.raises(ValueError, match=r"\[seed\]\[size\]"):
         compare_sizes([[np.eye(3)]], [3, 6], [0])
+    with pytest.raises(ValueError, match="alive"):
+        compare_sizes([[np.eye(3), np.eye(3)[:2]]], [3, 4], [0], alive=[[np.ones(3, bool)]])
+
+
+def test_nothing_matched_is_not_saturated() -> None:
+    g = torch.Generator().manual_seed(0)
+    dirs = [[torch.randn(p, 64, generator=g) for p in (16, 32, 64)]]
+    res = compare_sizes(dirs, [16, 32, 64], [0])
+    assert res.estimate == 0 and not res.saturated
 
 
 @pytest.fixture

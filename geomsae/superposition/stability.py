@@ -60,7 +60,7 @@ class StabilityResult:
         ``(min, max)`` of ``estimates`` over seeds.
     saturated : bool
         Whether ``n_matched`` stopped growing (last pair ``<= growth_tol`` times the one before,
-        median over seeds). If False, the estimate is a lower bound.
+        median over seeds) at a non-zero estimate. If False, the estimate is a lower bound.
     threshold : float
         Cosine threshold of a match.
     """
@@ -139,6 +139,12 @@ def compare_sizes(
     dirs = [[torch.as_tensor(d) for d in row] for row in directions]
     if alive is None:
         alive = [[np.ones(len(d), dtype=bool) for d in row] for row in dirs]
+    elif [[np.shape(a) for a in row] for row in alive] != [
+        [(len(d),) for d in row] for row in dirs
+    ]:
+        raise ValueError(
+            "alive must hold one bool array of shape (p,) per dictionary, [seed][size]"
+        )
     live = [
         [d[torch.as_tensor(np.asarray(a, bool))] for d, a in zip(row, arow)]
         for row, arow in zip(dirs, alive)
@@ -166,8 +172,15 @@ def compare_sizes(
             cross[k] = float(np.mean(pairs)) if pairs else np.nan
     estimates = n_matched.max(axis=1).astype(float)
     last, prev = np.median(n_matched[:, -1]), np.median(n_matched[:, -2]) if n_sizes > 2 else 0.0
-    saturated = bool(n_sizes > 2 and last <= growth_tol * max(prev, 1.0))
-    if not saturated:
+    found = float(np.median(estimates)) > 0
+    saturated = bool(n_sizes > 2 and found and last <= growth_tol * max(prev, 1.0))
+    if not found:
+        logger.warning(
+            "stability of p: no atom matched its neighbour above cosine %.2f; the SAEs are "
+            "undertrained or the threshold too strict",
+            threshold,
+        )
+    elif not saturated:
         logger.warning(
             "stability of p: matched features still grow at the largest sizes (%d -> %d); the "
             "estimate %.0f is a lower bound, add larger sizes",
