@@ -6,7 +6,7 @@
         [--cloud 4000] [--d D] [--max-d 12] [--charts global knn feature]
         [--n-knn-charts 6] [--chart-size 300] [--n-feature-charts 3] [--feature J ...]
         [--n-points 100] [--replicates 10] [--tangent-neighbors K] [--min-active 0.2]
-        [--max-candidates 400] [--smoke]
+        [--max-candidates 400] [--candidates alive|interpretable] [--min-purity 0.5] [--smoke]
 
 Steps: harvest the layer's residual stream (or reuse the cache), train an SAE on it (or reuse
 the cached one, or load ``--sae``), draw a point cloud, estimate its intrinsic dimension as a
@@ -25,7 +25,8 @@ run stays available:
 
 In each chart ``d`` is the median pointwise MLE dimension of the chart's points (clipped to
 ``max_d``), the tangent spaces are estimated by local PCA using neighbours from the whole cloud,
-and the candidate features are those active on at least ``min_active`` of the chart's points.
+and the candidate features are those active on at least ``min_active`` of the chart's points
+(with ``--candidates interpretable``, only those whose top activations mostly fall on one token).
 The report aggregates, for each feature, in how many charts it was selected. Caveats, also
 stated in the report: the tangent spaces and ``d`` are estimated from a few thousand points in
 576 dimensions, so they are noisy; a feature "selected" is one whose gradient field best spans
@@ -45,6 +46,7 @@ import torch
 from geomsae.activations import DEFAULT_HOOK, harvest
 from geomsae.dimension import id_scale_curve
 from geomsae.models import TINY_MODEL
+from geomsae.sae.top import token_purity, top_activations
 from studies.common import (
     Timer,
     base_parser,
@@ -115,6 +117,11 @@ class TSLassoStudyConfig:
     """Neighbours of the local PCA (None: max(3 d, 30))."""
     min_active: float = 0.2
     """Candidate features fire on at least this fraction of a local chart's points."""
+    candidate_rule: str = "alive"
+    """"alive": every feature active often enough; "interpretable": those with token purity
+    >= min_purity only (the talk's "TSLasso on the most interpretable features")."""
+    min_purity: float = 0.5
+    """Token purity threshold of the "interpretable" rule."""
     max_candidates: int = 400
     """At most this many candidates per chart (the most often active)."""
     top_contexts: int = 5
@@ -208,6 +215,10 @@ def run(config: TSLassoStudyConfig) -> dict:
     timer = Timer()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if config.candidate_rule not in ("alive", "interpretable"):
+        raise ValueError(
+            f"candidate_rule must be 'alive' or 'interpretable', got {config.candidate_rule!r}"
+        )
     unknown = sorted(set(config.charts) - {"global", "knn", "feature"})
     if unknown or not config.charts:
         raise ValueError(f"charts must be among global, knn, feature; got {list(config.charts)}")
@@ -228,6 +239,10 @@ def run(config: TSLassoStudyConfig) -> dict:
     with timer("sae"):
         sae, sae_path = _load_or_train_sae(config, store, hook_name)
         sae = sae.to("cpu")
+    with timer("top_activations"):
+        top = top_activations(sae, store, m=max(20, config.top_contexts))
+        purity = token_purity(top, store.metadata.token_id)
+    allowed = purity >= config.min_purity if config.candidate_rule == "interpretable" else None
     with timer("cloud"):
         X, rows = _cloud(store, config.cloud, config.seed)
         with torch.no_grad():
@@ -248,19 +263,26 @@ def run(config: TSLassoStudyConfig) -> dict:
     results = []
     with timer("tslasso"):
         for chart in charts:
-            results.append(run_chart(chart, X, sae, active, config))
+            results.append(run_chart(chart, X, sae, active, config, allowed, purity))
     with timer("contexts"):
         selected = sorted(
             {j for r in results if r.get("selected_features") for j in r["selected_features"]}
         )
-        contexts = top_contexts(store, sae, selected, config.top_contexts)
-    agg = aggregate(results)
+        contexts = top_contexts(store, top, selected, config.top_contexts)
+    agg = aggregate(results, purity)
     report = {
         "layer": config.layer,
         "hook": hook_name,
         "model": config.model or "smollm2-135m-instruct-gguf",
         "activations": store.summary(),
-        "sae": {"path": sae_path, "arch": type(sae).__name__, "d_sae": sae.n_features},
+        "sae": {
+            "path": sae_path,
+            "arch": type(sae).__name__,
+            "d_sae": sae.n_features,
+            "alive_fraction": float((top.values[0] > 0).mean()),
+            "median_token_purity": float(np.median(purity[top.values[0] > 0])),
+        },
+        "candidate_rule": config.candidate_rule,
         "cloud": {"n_points": len(X), "d_model": int(X.shape[1])},
         "intrinsic_dimension": {
             "estimator": curve.estimator,
@@ -313,6 +335,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tangent-neighbors", type=int, default=None)
     p.add_argument("--min-active", type=float, default=d.min_active)
     p.add_argument("--max-candidates", type=int, default=d.max_candidates)
+    p.add_argument(
+        "--candidates", default=d.candidate_rule, choices=["alive", "interpretable"],
+        help="candidate features: all alive ones, or only those with token purity >= --min-purity",
+    )  # fmt: skip
+    p.add_argument("--min-purity", type=float, default=d.min_purity)
     p.add_argument("--top-contexts", type=int, default=d.top_contexts)
     p.add_argument("--overwrite", action="store_true", help="retrain a cached SAE")
     p.add_argument("--smoke", action="store_true", help="tiny random model, seconds")
@@ -332,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
             chart_size=a.chart_size, n_feature_charts=a.n_feature_charts,
             features=tuple(a.feature), n_points=a.n_points, replicates=a.replicates,
             tangent_neighbors=a.tangent_neighbors, min_active=a.min_active,
-            max_candidates=a.max_candidates, top_contexts=a.top_contexts, overwrite=a.overwrite,
+            max_candidates=a.max_candidates, candidate_rule=a.candidates,
+            min_purity=a.min_purity, top_contexts=a.top_contexts, overwrite=a.overwrite,
         )  # fmt: skip
     report = run(config)
     print((Path(config.out) / "report.md").read_text())

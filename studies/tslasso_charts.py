@@ -85,20 +85,26 @@ def make_charts(
     return charts
 
 
-def candidates(active_chart: np.ndarray, kind: str, min_active: float, max_candidates: int):
+def candidates(
+    active_chart: np.ndarray, kind: str, min_active: float, max_candidates: int, allowed=None
+):
     """Features active often enough on the chart, most often active first.
 
     Local charts keep features active on at least ``min_active`` of their points; the global
     chart, where any one feature is rarely on, keeps those active on ``min_active / 10``.
+    ``allowed`` (boolean, one per feature) restricts the choice further.
     """
     frac = active_chart.mean(0)
     threshold = min_active if kind != "global" else min_active / 10
-    ok = np.flatnonzero(frac >= threshold)
+    ok = frac >= threshold
+    ok = np.flatnonzero(ok if allowed is None else ok & allowed)
     ok = ok[np.argsort(-frac[ok], kind="stable")][:max_candidates]
     return ok, frac
 
 
-def run_chart(chart: Chart, X: torch.Tensor, sae, active: np.ndarray, config) -> dict:
+def run_chart(
+    chart: Chart, X: torch.Tensor, sae, active: np.ndarray, config, allowed=None, purity=None
+) -> dict:
     """TSLasso with the SAE's candidate features inside one chart; a JSON-able result dict."""
     t0 = time.perf_counter()
     info = {
@@ -108,7 +114,7 @@ def run_chart(chart: Chart, X: torch.Tensor, sae, active: np.ndarray, config) ->
         "chart_points": len(chart.points),
     }
     cand, frac = candidates(
-        active[chart.points], chart.kind, config.min_active, config.max_candidates
+        active[chart.points], chart.kind, config.min_active, config.max_candidates, allowed
     )
     d = min(chart.d, len(cand) - 1)
     info.update(n_candidates=len(cand), d_estimated=chart.d, d=d)
@@ -140,6 +146,7 @@ def run_chart(chart: Chart, X: torch.Tensor, sae, active: np.ndarray, config) ->
         selection_frequency=[float(freq[j]) for j in est.support_],
         support_frequency=float(est.result_.support_frequency),
         activation_frequency=[float(frac[cand[j]]) for j in est.support_],
+        token_purity=None if purity is None else [float(purity[cand[j]]) for j in est.support_],
         **{"lambda": float(est.lambda_)},
         lambda_max=float(np.median([r.lambda_max for r in est.replicates_])),
         two_stage_support=None

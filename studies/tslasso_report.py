@@ -7,17 +7,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from studies.common import markdown_table, save_figure
 
 logger = logging.getLogger("studies.tslasso")
 
 
-def aggregate(results: list[dict]) -> list[dict]:
+def aggregate(results: list[dict], purity=None) -> list[dict]:
     """Per feature: in how many charts (of each kind) it was selected, and its mean frequency.
 
-    Sorted by the number of charts, then by mean selection frequency.
+    Sorted by the number of charts, then by mean selection frequency. With ``purity`` (an array
+    over all features) each row also gets the feature's token purity.
     """
     per: dict[int, dict] = defaultdict(
         lambda: {"charts": 0, "freqs": [], "kinds": defaultdict(int)}
@@ -33,48 +33,32 @@ def aggregate(results: list[dict]) -> list[dict]:
             "charts": v["charts"],
             "mean_selection_frequency": float(np.mean(v["freqs"])),
             **{f"{k}_charts": v["kinds"].get(k, 0) for k in ("global", "knn", "feature")},
+            **({"token_purity": float(purity[j])} if purity is not None else {}),
         }
         for j, v in per.items()
     ]
     return sorted(rows, key=lambda r: (-r["charts"], -r["mean_selection_frequency"], r["feature"]))
 
 
-def top_contexts(store, sae, features: list[int], m: int, batch_size: int = 4096) -> dict:
-    """The ``m`` highest activations of each feature over the whole store, with their contexts.
+def top_contexts(store, top, features: list[int], m: int) -> dict:
+    """The ``m`` highest activations of each selected feature, with their token contexts.
 
-    One streamed pass over the store; memory is ``O(m * len(features))`` beyond one batch.
+    ``top`` is a :class:`geomsae.sae.top.TopActivations` over all features of the store.
     """
-    if not features or m <= 0:
-        return {}
-    sub = sae.subset(features)
-    best_val = torch.full((m, len(features)), -torch.inf)
-    best_row = torch.full((m, len(features)), -1, dtype=torch.long)
-    start = 0
-    with torch.no_grad():
-        for x in store.iter_batches(batch_size, shuffle=False):
-            acts = sub.encode(x.float())  # (b, f)
-            rows = torch.arange(start, start + len(x))[:, None].expand_as(acts)
-            vals = torch.cat([best_val, acts])
-            idx = torch.cat([best_row, rows])
-            top = vals.topk(min(m, len(vals)), dim=0)
-            best_val, best_row = top.values, idx.gather(0, top.indices)
-            start += len(x)
     meta = store.metadata
+    column = {int(j): c for c, j in enumerate(top.features)}
     out: dict[int, list[dict]] = {}
-    for c, j in enumerate(features):
-        items = []
-        for v, r in zip(best_val[:, c].tolist(), best_row[:, c].tolist()):
-            if r < 0 or v <= 0:
-                continue
-            items.append(
-                {
-                    "activation": float(v),
-                    "row": int(r),
-                    "token": meta.token_str(r),
-                    "context": meta.context(r, before=12, after=4),
-                }
-            )
-        out[int(j)] = items
+    for j in features:
+        vals, rows = top.positive(column[int(j)])
+        out[int(j)] = [
+            {
+                "activation": float(v),
+                "row": int(r),
+                "token": meta.token_str(int(r)),
+                "context": meta.context(int(r), before=12, after=4),
+            }
+            for v, r in zip(vals[:m], rows[:m])
+        ]
     return out
 
 
@@ -173,6 +157,10 @@ def markdown(report: dict, design: str) -> str:
         lines.append("\n![regularisation path](global_path.png)\n")
     lines.append("\n## Features selected across charts\n\n")
     lines.append(markdown_table(report["aggregate"][:30]))
+    lines.append(
+        "\nToken purity: share of a feature's top activations on its most common token "
+        "(an offline interpretability proxy, `geomsae.sae.top.token_purity`).\n"
+    )
     lines.append("\n## Top-activating contexts of the selected features\n\n")
     for j, items in report["contexts"].items():
         lines.append(f"**Feature {j}**\n\n")

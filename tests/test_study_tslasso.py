@@ -79,6 +79,21 @@ def test_second_run_reuses_the_cached_sae(smoke_report, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_interpretable_rule_keeps_only_pure_features(smoke_report, tmp_path) -> None:
+    config = dataclasses.replace(
+        tslasso.SMOKE, out=tmp_path, charts=("knn", "feature"), candidate_rule="interpretable",
+        min_purity=0.3,
+    )  # fmt: skip
+    report = tslasso.run(config)
+    ran = [c for c in report["charts"] if "skipped" not in c]
+    assert ran
+    for c in ran:
+        assert all(p >= 0.3 for p in c["token_purity"])
+    _, first = smoke_report  # the default rule admits impure features too
+    assert report["candidate_rule"] == "interpretable" and first["candidate_rule"] == "alive"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -86,6 +101,7 @@ def test_second_run_reuses_the_cached_sae(smoke_report, tmp_path) -> None:
         ({"chart_size": 10_000}, "exceeds the"),
         ({"charts": ("everything",)}, "charts must be among"),
         ({"features": (10_000,)}, "outside the SAE"),
+        ({"candidate_rule": "pretty"}, "candidate_rule must be"),
     ],
 )
 def test_bad_input_is_one_clear_error(smoke_report, tmp_path, change, message) -> None:
