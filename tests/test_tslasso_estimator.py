@@ -223,3 +223,18 @@ def test_every_sae_architecture_jacobian_matches_autograd(arch):
     assert int((closed.gamma > 0).sum()) > 0
     torch.testing.assert_close(closed.gamma, auto.gamma)
     torch.testing.assert_close(closed.X, auto.X)
+
+
+def test_thread_setting_does_not_change_the_answer_and_is_restored(swiss_roll):
+    sr = swiss_roll
+    before = torch.get_num_threads()
+    fits = []
+    for n_threads in (None, 1, 2):
+        est = TSLasso(d=2, n_points=60, n_replicates=3, n_lambdas=0, random_state=1,
+                      n_threads=n_threads)  # fmt: skip
+        est.fit(sr.X, sr.gradients, bases=sr.bases)
+        assert torch.get_num_threads() == before
+        fits.append(est)
+    for est in fits[1:]:
+        assert [r.support for r in est.replicates_] == [r.support for r in fits[0].replicates_]
+        np.testing.assert_allclose(est.lambda_, fits[0].lambda_, rtol=1e-6)

@@ -10,6 +10,7 @@ exactly ``d`` functions are selected. Repeating over replicates gives selection 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -81,6 +82,10 @@ class TSLasso(BaseEstimator):
         ``"float64"``, ``"float32"`` or ``"auto"`` (float64 when ``n_points * p * d <= 1e7``).
     random_state : int, optional
         Seed of the point subsets.
+    n_threads : int, optional
+        CPU threads of the solver. None: one thread when ``n_points * p * d <= 2e6``, where
+        the solver's many tiny kernels are dominated by threading overhead, else torch's
+        current setting. The previous setting is restored after ``fit``.
     progress : bool
         Show a progress bar over replicates.
 
@@ -134,6 +139,7 @@ class TSLasso(BaseEstimator):
         dtype: str = "auto",
         random_state: int | None = None,
         progress: bool = False,
+        n_threads: int | None = None,
     ) -> None:
         self.d = d
         self.n_points = n_points
@@ -156,6 +162,7 @@ class TSLasso(BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.progress = progress
+        self.n_threads = n_threads
 
     # ---- fit ---------------------------------------------------------------------------------
     def fit(
@@ -215,11 +222,12 @@ class TSLasso(BaseEstimator):
         )
         t0 = time.perf_counter()
         reps = []
-        for r, idx in enumerate(
-            tqdm(subsets, desc="TSLasso replicates", disable=not self.progress)
-        ):
-            tb = tangent[torch.as_tensor(row[idx])]
-            reps.append(self._replicate(build, idx, tb, d, cfg, with_path=(r == 0)))
+        with _solver_threads(self.n_threads, device, self.n_points * p * d):
+            for r, idx in enumerate(
+                tqdm(subsets, desc="TSLasso replicates", disable=not self.progress)
+            ):
+                tb = tangent[torch.as_tensor(row[idx])]
+                reps.append(self._replicate(build, idx, tb, d, cfg, with_path=(r == 0)))
         timings["replicates"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         self._aggregate(reps, d, p, timings)
@@ -325,6 +333,24 @@ class TSLasso(BaseEstimator):
         """The fitted :attr:`result_` as JSON (written to ``path`` when given)."""
         check_is_fitted(self, "result_")
         return self.result_.to_json(path)
+
+
+SMALL_PROBLEM = 2_000_000
+"""``n_points * p * d`` at or below which the CPU solver runs on one thread by default."""
+
+
+@contextlib.contextmanager
+def _solver_threads(n_threads: int | None, device: torch.device, size: int):
+    """Run the block with ``n_threads`` torch CPU threads (see ``TSLasso.n_threads``)."""
+    if n_threads is None:
+        n_threads = 1 if device.type == "cpu" and size <= SMALL_PROBLEM else None
+    old = torch.get_num_threads()
+    if n_threads is not None:
+        torch.set_num_threads(int(n_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _consensus(
