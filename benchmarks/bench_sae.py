@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,8 +208,17 @@ def main(argv: list[str] | None = None) -> dict:
                    "geomsae_relu": "auto"},
         "saelens": {"saelens_topk": "topk", "saelens_relu": "relu"},
     }  # fmt: skip
-    seconds = run_interleaved(args.saelens_python, spec)
-    tokens = args.steps * BATCH
+    try:
+        seconds = run_interleaved(args.saelens_python, spec)
+        tokens = args.steps * BATCH
+        rows = _rows(args, tmp, seconds, X_eval, rate, d_in, d_sae, tokens)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _report(args, out, store, X, rate, rows)
+
+
+def _rows(args, tmp: Path, seconds: dict, X_eval, rate: float, d_in: int, d_sae: int, tokens: int):
+    """One row per SAE: speed, held-out quality and achieved compute."""
     flops = {"sparse": 2 * d_in * d_sae + 8 * args.k * d_in, "dense": 10 * d_in * d_sae}
     rows = []
     for name, (library, setting, path) in SETTINGS.items():
@@ -227,6 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
         }
         row["executed_fraction_of_matmul"] = row["executed_gflops"] / rate
         rows.append(row)
+    return rows
+
+
+def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
+    """Ratios against SAELens, written to ``out/bench_sae.json`` and printed."""
 
     def ratio(a: str, b: str) -> dict:
         ra, rb = rows[list(SETTINGS).index(a)], rows[list(SETTINGS).index(b)]
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "l0_geomsae": ra["l0"], "l0_saelens": rb["l0"]}  # fmt: skip
 
     report = {
-        "activations": {"hook": store.hook, "rows": len(X), "d_in": d_in, "model": "SmolLM2-135M"},
+        "activations": {"hook": store.hook, "rows": len(X), "d_in": X.shape[1]},
         "matmul_gflops": rate,
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
