@@ -50,6 +50,7 @@ from geomsae.sae.top import token_purity, top_activations
 from studies.common import (
     Timer,
     base_parser,
+    markdown_table,
     seed_everything,
     setup_logging,
     write_atomic,
@@ -308,7 +309,10 @@ def run(config: TSLassoStudyConfig) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0], "runs/tslasso")
     d = TSLassoStudyConfig()
-    p.add_argument("--layer", type=int, default=d.layer)
+    p.add_argument(
+        "--layer", type=int, nargs="+", default=[d.layer],
+        help="layer(s); several layers each get a sub-folder layer_L of --out",
+    )  # fmt: skip
     p.add_argument("--hook", default=d.hook, help="hook template, {layer} substituted")
     p.add_argument("--tokens", type=int, default=d.tokens)
     p.add_argument("--context-length", type=int, default=d.context_length)
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     else:
         config = TSLassoStudyConfig(
-            out=Path(a.out), model=a.model, device=a.device, seed=a.seed, layer=a.layer,
+            out=Path(a.out), model=a.model, device=a.device, seed=a.seed, layer=a.layer[0],
             hook=a.hook, tokens=a.tokens, context_length=a.context_length, sae=a.sae,
             arch=a.arch, k=a.k, expansion=a.expansion, sae_epochs=a.sae_epochs,
             sae_batch_size=a.sae_batch_size, cloud=a.cloud,
@@ -362,9 +366,40 @@ def main(argv: list[str] | None = None) -> dict:
             max_candidates=a.max_candidates, candidate_rule=a.candidates,
             min_purity=a.min_purity, top_contexts=a.top_contexts, overwrite=a.overwrite,
         )  # fmt: skip
-    report = run(config)
-    print((Path(config.out) / "report.md").read_text())
-    return report
+    layers = [config.layer] if a.smoke else a.layer
+    try:
+        if len(layers) == 1:
+            report = run(config)
+            print((Path(config.out) / "report.md").read_text())
+            return report
+        return run_layers(config, layers)
+    except (ValueError, OSError) as err:  # bad input: one line, no traceback
+        p.error(str(err))
+
+
+def run_layers(config: TSLassoStudyConfig, layers: list[int]) -> dict:
+    """Run the study for several layers into ``out/layer_L`` and write an index report."""
+    out = Path(config.out)
+    reports = {}
+    for layer in layers:
+        reports[layer] = run(dataclasses.replace(config, layer=layer, out=out / f"layer_{layer}"))
+    rows = [
+        {
+            "layer": layer,
+            "d": r["intrinsic_dimension"]["d"],
+            "ID plateau": r["intrinsic_dimension"]["plateau"],
+            "charts run": sum("skipped" not in c for c in r["charts"]),
+            "most shared feature": r["aggregate"][0]["feature"] if r["aggregate"] else "-",
+            "report": f"[layer_{layer}/report.md](layer_{layer}/report.md)",
+        }
+        for layer, r in reports.items()
+    ]
+    index = {"layers": layers, "summary": rows, "reports": {str(k): v for k, v in reports.items()}}
+    write_json(out / "report.json", index)
+    title = "# Tangent Space Lasso across layers\n\n"
+    write_atomic(out / "report.md", title + markdown_table(rows))
+    print((out / "report.md").read_text())
+    return index
 
 
 if __name__ == "__main__":

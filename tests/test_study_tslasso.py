@@ -138,3 +138,24 @@ def test_aggregate_counts_charts_and_orders_features() -> None:
     five = rows[0]
     assert five["charts"] == 2 and five["knn_charts"] == 1 and five["feature_charts"] == 1
     assert np.isclose(five["mean_selection_frequency"], 0.7)
+
+
+@pytest.mark.slow
+def test_several_layers_get_one_folder_each(cache_dir, tmp_path) -> None:
+    config = dataclasses.replace(tslasso.SMOKE, out=tmp_path, charts=("knn",), n_knn_charts=1)
+    index = tslasso.run_layers(config, [1, 2])
+    assert index["layers"] == [1, 2]
+    for layer in (1, 2):
+        sub = json.loads((tmp_path / f"layer_{layer}" / "report.json").read_text())
+        assert sub["layer"] == layer and sub["hook"] == f"blocks.{layer}.hook_resid_post"
+    assert "layer_2/report.md" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_reports_bad_input_in_one_line(cache_dir, tmp_path, capsys) -> None:
+    argv = ["--layer", "99", "--model", "geomsae-tiny-llama", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        tslasso.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("layer 99 is outside the model: it has 8 layers, 0..7")
+    assert not any("Traceback" in line for line in err)
