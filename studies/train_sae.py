@@ -160,6 +160,8 @@ def run(config: TrainSAEStudyConfig) -> dict:
         lr=config.lr,
         batch_size=min(config.batch_size, n_rows),
         train_tokens=train_tokens,
+        # short runs: warm up over at most a tenth of the steps
+        lr_warmup_steps=min(100, max(1, train_tokens // min(config.batch_size, n_rows) // 10)),
         dead_tokens=max(min(10_000_000, train_tokens // 4), 1),
         seed=config.seed,
         hook_name=hook_name,
