@@ -6,9 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from geomsae.atomic import write_text_atomic
 
 logger = logging.getLogger("studies")
 
@@ -77,11 +77,7 @@ def _jsonable(obj: Any) -> Any:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "geomsae"
 
 LAYERS = {
+    "atomic": 0,
     "models": 0,
     "text": 0,
     "activations": 1,

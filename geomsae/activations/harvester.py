@@ -42,10 +42,11 @@ from geomsae.activations.resume import (
     existing_state,
     rank_quota,
 )
-from geomsae.activations.shards import STORAGE_DTYPES, CacheError, write_json_atomic
+from geomsae.activations.shards import STORAGE_DTYPES, CacheError
 from geomsae.activations.store import ActivationStore, open_cache
 from geomsae.activations.windows import document_order, iter_token_batches, iter_windows
 from geomsae.activations.writer import RankWriter, merge_progress
+from geomsae.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

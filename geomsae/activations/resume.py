@@ -23,9 +23,10 @@ from geomsae.activations.manifest import (
     read_json,
     read_manifest,
 )
-from geomsae.activations.shards import TEMP_PREFIX, CacheError, write_json_atomic
+from geomsae.activations.shards import CacheError
 from geomsae.activations.store import ActivationStore, open_cache
 from geomsae.activations.writer import progress_from_manifest
+from geomsae.atomic import TEMP_PREFIX, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-TEMP_PREFIX = ".geomsae-"
-"""Prefix of the temporary files written before an atomic rename (cleaned up on resume)."""
+from geomsae.atomic import write_bytes_atomic
 
 _NUMPY_DTYPES = {
     "F64": np.float64,
@@ -37,25 +34,6 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16"
 
 class CacheError(RuntimeError):
     """An activation cache is missing, incomplete, corrupt or does not match the request."""
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> str:

@@ -23,12 +23,8 @@ from geomsae.activations.manifest import (
     shard_name,
 )
 from geomsae.activations.metadata import COLUMNS
-from geomsae.activations.shards import (
-    STORAGE_DTYPES,
-    CacheError,
-    write_json_atomic,
-    write_shard,
-)
+from geomsae.activations.shards import STORAGE_DTYPES, CacheError, write_shard
+from geomsae.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

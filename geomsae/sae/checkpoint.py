@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from geomsae.sae.io import _write_atomic
+from geomsae.atomic import write_bytes_atomic
 
 FORMAT = "geomsae-sae-checkpoint-v1"
 FILENAME = "checkpoint.safetensors"
@@ -55,7 +55,7 @@ def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[st
     """Atomically write tensors and JSON metadata to ``path``."""
     meta = {"format": FORMAT, "meta": json.dumps(meta, allow_nan=True)}
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    _write_atomic(path, save(tensors, metadata=meta))
+    write_bytes_atomic(path, save(tensors, metadata=meta))
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 
+from geomsae.atomic import write_bytes_atomic
 from geomsae.sae.architectures import SAE, build_sae
 from geomsae.sae.config import SAEConfig
 
@@ -40,20 +39,6 @@ _SAELENS_ARCH = {
     "batchtopk": "jumprelu",
     "jumprelu": "jumprelu",
 }
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def saelens_tensors(sae: SAE) -> dict[str, torch.Tensor]:
@@ -106,8 +91,8 @@ def save_sae(sae: SAE, path: str | Path, extra: dict[str, Any] | None = None) ->
     }
     geom.update(extra or {})
     cfg["geomsae"] = geom
-    _write_atomic(path / SAELENS_WEIGHTS, save(saelens_tensors(sae)))
-    _write_atomic(path / CFG, (json.dumps(cfg, indent=2, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(path / SAELENS_WEIGHTS, save(saelens_tensors(sae)))
+    write_bytes_atomic(path / CFG, (json.dumps(cfg, indent=2, allow_nan=False) + "\n").encode())
     return path
 
 
