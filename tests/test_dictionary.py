@@ -56,3 +56,13 @@ def test_subset_rejects_bad_indices() -> None:
         sae.subset([0, 40])
     with pytest.raises(ValueError, match="at least one"):
         sae.subset([])
+
+
+def test_sizes_with_one_seed_draw_independent_initial_atoms() -> None:
+    small = build_sae(SAEConfig(arch="topk", d_in=12, n_features=24, k=4, seed=3))
+    large = build_sae(SAEConfig(arch="topk", d_in=12, n_features=48, k=4, seed=3))
+    again = build_sae(SAEConfig(arch="topk", d_in=12, n_features=48, k=4, seed=3))
+    torch.testing.assert_close(large.feature_directions, again.feature_directions)
+    a = small.feature_directions / small.feature_directions.norm(dim=1, keepdim=True)
+    b = large.feature_directions[:24] / large.feature_directions[:24].norm(dim=1, keepdim=True)
+    assert (a * b).sum(1).abs().max() < 0.99  # not the same first rows

@@ -304,16 +304,20 @@ def mmcs_to_truth(truth: torch.Tensor, learned: torch.Tensor) -> float:
     "arch, kw",
     [
         ("relu", {"l1_coefficient": 3.0}),
-        ("tied_relu", {"l1_coefficient": 1.0}),
+        # the tied SAE converges more slowly: 24 epochs give 0.96 over seeds 0-3, 12 only 0.89-0.92
+        ("tied_relu", {"l1_coefficient": 1.0, "epochs": 24}),
         ("topk", {"k": 3}),
         ("jumprelu", {"l0_coefficient": 1.0}),
     ],
 )
 def test_recovers_ground_truth_features(arch, kw):
     X, truth = sharkey_data()
+    kw = dict(kw)
+    epochs = kw.pop("epochs", 12)
     cfg = SAEConfig(
-        arch=arch, d_in=32, n_features=64, batch_size=256, lr=1e-2, train_tokens=12 * len(X), **kw
-    )
+        arch=arch, d_in=32, n_features=64, batch_size=256, lr=1e-2, train_tokens=epochs * len(X),
+        **kw,
+    )  # fmt: skip
     sae = train(cfg, X, progress=False)
     score = mmcs_to_truth(truth, sae.feature_directions.detach())
     m = evaluate(sae, X)

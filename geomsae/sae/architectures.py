@@ -102,7 +102,7 @@ class SAE(Dictionary):
         self.d_in = config.d_in
         self.n_features = config.d_sae
         kw = {"device": device, "dtype": dtype or torch.float32}
-        gen = torch.Generator().manual_seed(config.seed)
+        gen = torch.Generator().manual_seed(_init_seed(config))
         w = torch.randn(self.n_features, self.d_in, generator=gen)
         w = w / w.norm(dim=1, keepdim=True) * config.resolved_decoder_init_norm
         self._init_weights(w.to(**kw))
@@ -454,6 +454,15 @@ ARCHITECTURES: dict[str, type[SAE]] = {
     cls.arch: cls for cls in (TiedReLUSAE, ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
 }
 """SAE classes by architecture name."""
+
+
+def _init_seed(config: SAEConfig) -> int:
+    """Seed of the initial weights: the config's seed mixed with the shape.
+
+    With ``seed`` alone, SAEs of different sizes would share their first initial atoms (one
+    generator draws the rows in order), which makes untrained atoms look "stable" across sizes.
+    """
+    return (config.seed * 1_000_003 + config.d_sae * 7_919 + config.d_in) % (2**63 - 1)
 
 
 def build_sae(config: SAEConfig, device=None, dtype: torch.dtype | None = None) -> SAE:
