@@ -15,9 +15,28 @@ from typing import Any
 
 import numpy as np
 
+from geomsae.activations.hooks import DEFAULT_HOOK
 from geomsae.atomic import write_text_atomic
 
 logger = logging.getLogger("studies")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStudyConfig:
+    """Fields shared by the studies of one layer's residual stream (subclasses add their own)."""
+
+    out: Path = Path("runs/study")
+    """Output folder of the report (subclasses set their own default)."""
+    model: str | None = None
+    """Model name (None: the embedded SmolLM2-135M-Instruct)."""
+    device: str = "auto"
+    """Torch device."""
+    seed: int = 0
+    """Seed of every random choice of the study (harvest order, SAE init, data order, samples)."""
+    layer: int = 6
+    """Layer whose residual stream is hooked."""
+    hook: str = DEFAULT_HOOK
+    """Hook name template ({layer} is substituted)."""
 
 
 def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geomsae.activations import DEFAULT_HOOK, harvest, open_cache
+from geomsae.activations import harvest, open_cache
 from geomsae.models import TINY_MODEL
 from geomsae.sae import SAEConfig, as_source, load
 from geomsae.superposition import (
@@ -47,6 +47,7 @@ from geomsae.superposition import (
 )
 from geomsae.superposition.plots import plot_dimensionality_histogram, plot_stability
 from studies.common import (
+    LayerStudyConfig,
     Timer,
     base_parser,
     markdown_table,
@@ -61,21 +62,11 @@ logger = logging.getLogger("studies.superposition")
 
 
 @dataclasses.dataclass(frozen=True)
-class SuperpositionStudyConfig:
+class SuperpositionStudyConfig(LayerStudyConfig):
     """Settings of the superposition study."""
 
     out: Path = Path("runs/superposition")
     """Report folder."""
-    model: str | None = None
-    """Model name (None: the embedded SmolLM2-135M-Instruct)."""
-    device: str = "auto"
-    """Torch device."""
-    seed: int = 0
-    """Seed of the harvest order, the data order and the first SAE seed."""
-    layer: int = 6
-    """Layer whose residual stream is hooked."""
-    hook: str = DEFAULT_HOOK
-    """Hook name template ({layer} is substituted)."""
     tokens: int = 65_536
     """Activation rows to harvest; one epoch is this many rows (a larger reused cache is
     sampled from)."""

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geomsae.activations import DEFAULT_HOOK, harvest, open_cache
+from geomsae.activations import harvest, open_cache
 from geomsae.models import TINY_MODEL, load_model
 from geomsae.sae import SAEConfig, evaluate, plot_feature_density, spliced_metrics, train
 from studies.common import (
+    LayerStudyConfig,
     Timer,
     base_parser,
     markdown_table,
@@ -45,21 +46,11 @@ logger = logging.getLogger("studies.train_sae")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSAEStudyConfig:
+class TrainSAEStudyConfig(LayerStudyConfig):
     """Settings of the SAE training study."""
 
     out: Path = Path("runs/train_sae")
     """Output folder: the SAE (SAELens format) and the report."""
-    model: str | None = None
-    """Model name (None: the embedded SmolLM2-135M-Instruct)."""
-    device: str = "auto"
-    """Torch device."""
-    seed: int = 0
-    """Seed of the SAE initialisation, data order and harvest."""
-    layer: int = 6
-    """Layer whose residual stream is hooked."""
-    hook: str = DEFAULT_HOOK
-    """Hook name template ({layer} is substituted)."""
     activations: str | None = None
     """Cache folder or .npy array to train on instead of harvesting."""
     tokens: int = 200_000

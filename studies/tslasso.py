@@ -43,11 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geomsae.activations import DEFAULT_HOOK, harvest
+from geomsae.activations import harvest
 from geomsae.dimension import id_scale_curve
 from geomsae.models import TINY_MODEL
 from geomsae.sae.top import token_purity, top_activations
 from studies.common import (
+    LayerStudyConfig,
     Timer,
     base_parser,
     markdown_table,
@@ -63,21 +64,11 @@ logger = logging.getLogger("studies.tslasso")
 
 
 @dataclasses.dataclass(frozen=True)
-class TSLassoStudyConfig:
+class TSLassoStudyConfig(LayerStudyConfig):
     """Settings of the TSLasso study."""
 
     out: Path = Path("runs/tslasso")
     """Report folder."""
-    model: str | None = None
-    """Model name (None: the embedded SmolLM2-135M-Instruct)."""
-    device: str = "auto"
-    """Torch device."""
-    seed: int = 0
-    """Seed of the harvest order, the SAE, the cloud, the anchors and the replicates."""
-    layer: int = 6
-    """Layer whose residual stream is studied."""
-    hook: str = DEFAULT_HOOK
-    """Hook name template ({layer} is substituted)."""
     tokens: int = 30_000
     """Activation rows harvested (SAE training data and pool of the cloud)."""
     context_length: int = 128
