@@ -105,25 +105,70 @@ def test_jacobian_matches_autograd(arch):
     )
 
 
-# ----- TopK training kernels -------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+# ----- sparse training kernels -----------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "tied_relu"])
 def test_sparse_training_path_equals_dense(arch):
-    """Loss and every gradient agree between the sparse kernels and plain autograd (AuxK on)."""
+    """Loss, L0, fired features and every gradient agree between the sparse kernels and plain
+    autograd (AuxK on for the TopK family, L1 for the ReLU family)."""
     torch.manual_seed(0)
     x = torch.randn(32, 6, dtype=torch.float64)
-    grads = {}
+    res = {}
     for impl in ("sparse", "dense"):
         sae = random_sae(arch, d_sae=12, k=3)
         sae.decode_impl = impl
         dead = torch.zeros(12, dtype=torch.bool)
         dead[[0, 5, 9]] = True
-        out = sae.training_step(x, StepContext(dead=dead))
+        out = sae.training_step(x, StepContext(sparsity_coefficient=0.7, dead=dead))
         out.loss.backward()
-        grads[impl] = (out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()})
-        assert out.terms["aux"] > 0
-    torch.testing.assert_close(grads["sparse"][0], grads["dense"][0])
-    for name, g in grads["dense"][1].items():
-        torch.testing.assert_close(grads["sparse"][1][name], g, msg=name)
+        grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+        res[impl] = (out, grads)
+        if arch in ("topk", "batchtopk"):
+            assert out.terms["aux"] > 0
+        else:
+            assert out.terms["sparsity"] > 0 and 0 < out.l0 < 12
+    (sp, g_sp), (de, g_de) = res["sparse"], res["dense"]
+    torch.testing.assert_close(sp.loss.detach(), de.loss.detach())
+    torch.testing.assert_close(sp.x_hat, de.x_hat)
+    assert sp.l0 == pytest.approx(de.l0) and torch.equal(sp.fired, de.fired)
+    for name, g in g_de.items():
+        torch.testing.assert_close(g_sp[name], g, msg=name)
+
+
+def test_sparse_relu_step_matches_autograd_of_the_formula():
+    """The sparse ReLU step's gradients equal autograd of the loss written out by hand."""
+    sae = random_sae("relu", d_in=5, d_sae=9)
+    sae.decode_impl = "sparse"
+    x = torch.randn(20, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = sae.training_step(x, StepContext(sparsity_coefficient=1.3))
+    out.loss.backward()
+    params = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    f = torch.relu((x - params["b_dec"]) @ params["enc_weight"].T + params["b_enc"])
+    x_hat = f @ params["W_dec"] + params["b_dec"]
+    loss = (x_hat - x).pow(2).sum(1).mean() + 1.3 * (f * params["W_dec"].norm(dim=1)).sum(1).mean()
+    loss.backward()
+    torch.testing.assert_close(out.loss.detach(), loss.detach())
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, params[n].grad, msg=n)
+
+
+def test_auto_path_uses_sparse_kernels_only_for_sparse_codes(monkeypatch):
+    """With decode "auto" on the CPU: sparse at low density, dense at high density."""
+    from geomsae.sae import architectures as A
+
+    calls = []
+    real = A.ReLUSAE._sparse_step
+    monkeypatch.setattr(A.ReLUSAE, "_sparse_step", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for bias, expect_sparse in ((-3.0, True), (3.0, False)):
+        sae = random_sae("relu", d_sae=40)
+        with torch.no_grad():
+            sae.b_enc.fill_(bias)  # almost nothing / almost everything active
+        calls.clear()
+        auto = sae.training_step(x, StepContext(sparsity_coefficient=0.5))
+        assert bool(calls) == expect_sparse
+        sae.decode_impl = "dense"
+        dense = sae.training_step(x, StepContext(sparsity_coefficient=0.5))
+        torch.testing.assert_close(auto.loss, dense.loss)
 
 
 def test_batchtopk_training_l0_is_k():

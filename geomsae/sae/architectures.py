@@ -43,10 +43,12 @@ from geomsae.sae.losses import (
 from geomsae.sae.sparse import (
     SparseCodes,
     codes_from_mask,
+    codes_from_positive,
     codes_from_topk,
     dense_codes,
     gather_pre_acts,
     sparse_decode,
+    sparse_wins,
 )
 
 
@@ -109,7 +111,7 @@ class SAE(Dictionary):
         self.b_enc = nn.Parameter(torch.zeros(self.n_features, **kw))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in, **kw))
         self.register_buffer("input_scale", torch.ones((), **kw))
-        self.decode_impl = "auto"  # "sparse" | "dense" | "auto" (sparse on CPU), TopK family
+        self.decode_impl = "auto"  # training path: "sparse" | "dense" | "auto" (see _use_sparse)
 
     # ----- weights -------------------------------------------------------------------------
     def _init_weights(self, w: Tensor) -> None:
@@ -171,6 +173,13 @@ class SAE(Dictionary):
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
         """Loss of a batch ``x`` (n_samples, d_in), already in training units."""
         raise NotImplementedError
+
+    def _use_sparse(self, x: Tensor) -> bool:
+        """Whether a training step uses the sparse kernels: ``decode_impl``, or for "auto" the
+        CPU (where they win; dense matmuls win on CUDA)."""
+        if self.decode_impl == "auto":
+            return x.device.type == "cpu"
+        return self.decode_impl == "sparse"
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
@@ -234,7 +243,19 @@ class ReLUSAE(SAE):
         return self.W_dec.norm(dim=1)
 
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
-        pre = F.linear(x - self.b_dec, self.encoder_weight, self.b_enc)
+        """Reconstruction + alpha * decoder-norm-weighted L1.
+
+        On the sparse path (``decode_impl``, or "auto" on the CPU when the active set is sparse
+        enough, :func:`~geomsae.sae.sparse.sparse_wins`) everything after the encoder's forward
+        matmul runs on the active (sample, feature) pairs; the loss and gradients equal the
+        dense path's up to floating-point rounding.
+        """
+        xc = x - self.b_dec
+        pre = F.linear(xc, self.encoder_weight, self.b_enc)  # (n, d_sae)
+        if self._use_sparse(x):
+            codes = codes_from_positive(pre)
+            if self.decode_impl == "sparse" or sparse_wins(len(codes.cols), *pre.shape):
+                return self._sparse_step(x, xc, codes, ctx)
         f = F.relu(pre)
         x_hat = f @ self.W_dec + self.b_dec
         mse = reconstruction_loss(x, x_hat)
@@ -246,6 +267,27 @@ class ReLUSAE(SAE):
             x_hat.detach(),
             active.any(0),
             active.sum(1).float().mean().item(),
+            {"mse": mse.item(), "sparsity": l1.item(), "aux": 0.0},
+        )
+
+    def _sparse_step(
+        self, x: Tensor, xc: Tensor, codes: SparseCodes, ctx: StepContext
+    ) -> StepOutput:
+        """The same loss through the sparse kernels, from the active set ``codes``."""
+        n = x.shape[0]
+        vals = gather_pre_acts(x, self.encoder_weight, self.b_enc, self.b_dec, codes, xc)
+        x_hat = sparse_decode(codes, vals, self.W_dec) + self.b_dec
+        mse = reconstruction_loss(x, x_hat)
+        per_feature = vals.new_zeros(self.n_features).index_add(0, codes.cols, vals)
+        l1 = (per_feature * self._decoder_norms()).sum() / n
+        loss = mse + ctx.sparsity_coefficient * l1
+        fired = torch.zeros(self.n_features, dtype=torch.bool, device=x.device)
+        fired[codes.cols] = True
+        return StepOutput(
+            loss,
+            x_hat.detach(),
+            fired,
+            len(codes.cols) / n,
             {"mse": mse.item(), "sparsity": l1.item(), "aux": 0.0},
         )
 
@@ -294,11 +336,6 @@ class TopKSAE(SAE):
     def _select(self, pre: Tensor, ctx: StepContext) -> SparseCodes:
         vals, idx = pre.topk(self.config.k, dim=-1, sorted=False)
         return codes_from_topk(vals, idx, self.n_features)
-
-    def _use_sparse(self, x: Tensor) -> bool:
-        if self.decode_impl == "auto":
-            return x.device.type == "cpu"
-        return self.decode_impl == "sparse"
 
     def _values_and_decode(
         self, x: Tensor, pre: Tensor | None, codes: SparseCodes, sparse: bool, xc: Tensor
