@@ -61,11 +61,13 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from geomsae.sae import SAEConfig
+from geomsae.sae.sparse import SPARSE_MAX_DENSITY
 from geomsae.sae.trainer import _Run
 
 args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
 X = torch.from_numpy(np.load(args["train"]))
-d_in, batch, steps = X.shape[1], args["batch"], args["steps"]
+d_in, batch, steps, d_sae = X.shape[1], args["batch"], args["steps"], args["d_sae"]
 torch.manual_seed(args["seed"])
 
 
@@ -77,14 +79,14 @@ def batches():
             yield X[perm[i:i + batch]]
 
 
-def saelens_trainer(arch):
-    if arch == "topk":
-        cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=args["d_sae"], k=args["k"],
+def saelens_trainer(spec):
+    if spec["arch"] == "topk":
+        cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=spec["k"],
                                     rescale_acts_by_decoder_norm=False,
                                     normalize_activations="expected_average_only_in")
         sae = TopKTrainingSAE(cfg)
     else:
-        cfg = StandardTrainingSAEConfig(d_in=d_in, d_sae=args["d_sae"], l1_coefficient=args["l1"],
+        cfg = StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=spec["l1"],
                                         l1_warm_up_steps=max(1, steps // 20),
                                         normalize_activations="expected_average_only_in")
         sae = StandardTrainingSAE(cfg)
@@ -97,47 +99,56 @@ def saelens_trainer(arch):
     return trainer
 
 
+def geomsae_flops(run, l0):
+    # executed FLOPs per token of one geomsae step: the encoder's forward matmul, plus either
+    # four dense (n, d_sae) x d_in products or four O(L0 d) sparse kernels
+    c, dense = run.config, 10 * d_in * d_sae
+    if run.sae.decode_impl == "dense":
+        return dense
+    if c.arch in ("topk", "batchtopk"):
+        return 2 * d_in * d_sae + 8 * c.k * d_in
+    if run.sae.decode_impl == "auto" and l0 > SPARSE_MAX_DENSITY * d_sae:
+        return dense
+    return 2 * d_in * d_sae + 8 * l0 * d_in
+
+
 sample = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(1))[:65536]]
 scale = d_in ** 0.5 / float(sample.norm(dim=1).mean())
 runs = {}
-for name, cfg in args["geomsae"].items():
-    run = _Run(SAEConfig(**cfg), torch.device("cpu"), steps)
-    run.sae.decode_impl = args["decode"][name]
+for name, spec in args["geomsae"].items():
+    run = _Run(SAEConfig(**spec["config"]), torch.device("cpu"), steps)
+    run.sae.decode_impl = spec["decode"]
     run.init_from_sample(sample * scale)
     runs[name] = run
-trainers = {name: saelens_trainer(arch) for name, arch in args["saelens"].items()}
-seconds = {name: 0.0 for name in list(runs) + list(trainers)}
+trainers = {name: saelens_trainer(spec) for name, spec in args["saelens"].items()}
+order = list(runs) + list(trainers)
+seconds = {name: 0.0 for name in order}
+flops = {name: 0.0 for name in order}
 it = batches()
 for step in range(steps):
     x = next(it)
-    order = list(runs) + list(trainers)
     for name in (order if step % 2 == 0 else order[::-1]):
         t0 = time.perf_counter()
         if name in runs:
-            runs[name].step(x * scale, step, batch, False)
+            stats = runs[name].step(x * scale, step, batch, False)
+            seconds[name] += time.perf_counter() - t0
+            flops[name] += batch * geomsae_flops(runs[name], stats["l0"])
         else:
             tr = trainers[name]
             tr.maybe_reset_sparsity()
             tr.step(x)
             tr.n_training_steps += 1
-        seconds[name] += time.perf_counter() - t0
+            seconds[name] += time.perf_counter() - t0
+            flops[name] += batch * 10 * d_in * d_sae
 for name, run in runs.items():
     run.sae.set_input_scale(scale)
     run.sae.save(args["out"] + "/" + name)
 for name, tr in trainers.items():
     tr.sae.fold_activation_norm_scaling_factor(tr.activation_scaler.scaling_factor)
     tr.sae.save_inference_model(args["out"] + "/" + name)
-print("RESULT " + json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
+print("RESULT " + json.dumps({"seconds": seconds, "flops": flops,
+                              "threads": torch.get_num_threads()}))
 """
-
-# name -> (library, setting shown, executed FLOPs per token as a function of d, p, k)
-SETTINGS = {
-    "geomsae_topk_sparse": ("geomsae", "topk k={k} (sparse kernels)", "sparse"),
-    "geomsae_topk_dense": ("geomsae", "topk k={k} (dense path)", "dense"),
-    "saelens_topk": ("SAELens", "topk k={k}", "dense"),
-    "geomsae_relu": ("geomsae", "relu L1={l1}", "dense"),
-    "saelens_relu": ("SAELens", "standard L1={l1}", "dense"),
-}
 
 
 def matmul_gflops(m: int = 4096, k: int = 576, n: int = 4608, repeats: int = 7) -> float:
@@ -152,16 +163,51 @@ def matmul_gflops(m: int = 4096, k: int = 576, n: int = 4608, repeats: int = 7) 
     return 2 * m * k * n / best / 1e9
 
 
-def run_interleaved(python: str, spec: dict) -> dict[str, float]:
-    """Run the interleaved trainer in SAELens' venv; seconds of training steps per SAE."""
+def run_interleaved(python: str, spec: dict) -> dict:
+    """Run the interleaved trainer in SAELens' venv: seconds and executed FLOPs per SAE."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.update(OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
     res = subprocess.run(
         [python, "-c", SAELENS_RUNNER, json.dumps(spec)], capture_output=True, text=True, env=env
     )
     if res.returncode != 0:
         raise RuntimeError(f"the interleaved run failed:\n{res.stderr[-4000:]}")
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])["seconds"]
+    return json.loads(line[len("RESULT ") :])
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def settings(args, common: dict) -> tuple[dict, dict, dict]:
+    """The SAEs to train: geomsae specs, SAELens specs, and name -> (library, setting, family)."""
+    geomsae, saelens, shown = {}, {}, {}
+    if args.only in ("all", "topk"):
+        topk = SAEConfig(arch="topk", k=args.k, **common).to_dict()
+        for decode in ("sparse", "dense"):
+            name = f"geomsae_topk_{decode}"
+            geomsae[name] = {"config": topk, "decode": decode}
+            what = "sparse kernels" if decode == "sparse" else "dense path"
+            shown[name] = ("geomsae", f"topk k={args.k} ({what})", "topk")
+        saelens["saelens_topk"] = {"arch": "topk", "k": args.k}
+        shown["saelens_topk"] = ("SAELens", f"topk k={args.k}", "topk")
+    if args.only in ("all", "l1"):
+        for a in floats(args.l1_geomsae):
+            relu = SAEConfig(arch="relu", l1_coefficient=a, l1_warmup_fraction=0.05, **common)
+            geomsae[f"geomsae_relu_{a:g}"] = {"config": relu.to_dict(), "decode": "auto"}
+            shown[f"geomsae_relu_{a:g}"] = ("geomsae", f"relu L1={a:g} (auto)", "l1_geomsae")
+        if args.l1_dense is not None:
+            relu = SAEConfig(
+                arch="relu", l1_coefficient=args.l1_dense, l1_warmup_fraction=0.05, **common
+            )
+            name = f"geomsae_relu_{args.l1_dense:g}_dense"
+            geomsae[name] = {"config": relu.to_dict(), "decode": "dense"}
+            shown[name] = ("geomsae", f"relu L1={args.l1_dense:g} (dense path)", "l1_dense")
+        for a in floats(args.l1_saelens):
+            saelens[f"saelens_relu_{a:g}"] = {"arch": "relu", "l1": a}
+            shown[f"saelens_relu_{a:g}"] = ("SAELens", f"standard L1={a:g}", "l1_saelens")
+    return geomsae, saelens, shown
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -169,9 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokens", type=int, default=262_144, help="activation rows to harvest")
     p.add_argument("--eval-tokens", type=int, default=16_384, help="held-out rows")
     p.add_argument("--steps", type=int, default=40, help="training steps of 4096 tokens")
+    p.add_argument("--only", choices=("all", "topk", "l1"), default="all")
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--l1", type=float, default=5.0, help="L1 coefficient of the ReLU SAEs")
+    p.add_argument("--l1-geomsae", default="2,4,8", help="L1 coefficients of geomsae's sweep")
+    p.add_argument("--l1-saelens", default="4,8,16", help="L1 coefficients of SAELens' sweep")
+    p.add_argument("--l1-dense", type=float, default=None,
+                   help="also run geomsae's ReLU at this alpha on the dense path")  # fmt: skip
+    p.add_argument("--target-l0", type=float, default=None,
+                   help="L0 at which the L1 sweeps are compared (default: the geometric mean "
+                        "of the L0 range both sweeps cover)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training run")
     p.add_argument("--saelens-python", default="/work/saelens-venv/bin/python")
     p.add_argument("--out", default="runs/bench_sae")
     p.add_argument("--seed", type=int, default=0)
@@ -183,68 +237,113 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.saelens_python} not found: SAELens needs its own venv (see the docstring)"
         )
 
+    torch.set_num_threads(args.threads)
     store = harvest(args.tokens, None, layers=(6,), progress=False)
     X = store.to_tensor()
     X_train, X_eval = X[: -args.eval_tokens], X[-args.eval_tokens :]
     d_in = X.shape[1]
     d_sae = D_SAE_FACTOR * d_in
     rate = matmul_gflops(k=d_in, n=d_sae)
-    print(f"activations: {len(X)} x {d_in} ({store.hook}); dense fp32 matmul {rate:.1f} GFLOP/s")
+    print(f"activations: {len(X)} x {d_in} ({store.hook}); dense fp32 matmul {rate:.1f} GFLOP/s "
+          f"on {args.threads} thread(s)")  # fmt: skip
     warmup, decay = max(1, args.steps // 10), args.steps // 5
     common = dict(d_in=d_in, n_features=d_sae, batch_size=BATCH, lr=args.lr, seed=args.seed,
                   train_tokens=args.steps * BATCH, lr_warmup_steps=warmup,
                   lr_decay_fraction=decay / args.steps, hook_name=store.hook)  # fmt: skip
-    topk = SAEConfig(arch="topk", k=args.k, **common)
-    relu = SAEConfig(arch="relu", l1_coefficient=args.l1, l1_warmup_fraction=0.05, **common)
+    geomsae, saelens, shown = settings(args, common)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sae_"))
     np.save(tmp / "train.npy", X_train.numpy())
     spec = {
         "train": str(tmp / "train.npy"), "out": str(tmp), "batch": BATCH, "steps": args.steps,
-        "d_sae": d_sae, "k": args.k, "l1": args.l1, "lr": args.lr, "warmup": warmup,
-        "decay": decay, "seed": args.seed,
-        "geomsae": {"geomsae_topk_sparse": topk.to_dict(), "geomsae_topk_dense": topk.to_dict(),
-                    "geomsae_relu": relu.to_dict()},
-        "decode": {"geomsae_topk_sparse": "sparse", "geomsae_topk_dense": "dense",
-                   "geomsae_relu": "auto"},
-        "saelens": {"saelens_topk": "topk", "saelens_relu": "relu"},
+        "d_sae": d_sae, "lr": args.lr, "warmup": warmup, "decay": decay, "seed": args.seed,
+        "threads": args.threads, "geomsae": geomsae, "saelens": saelens,
     }  # fmt: skip
     try:
-        seconds = run_interleaved(args.saelens_python, spec)
-        tokens = args.steps * BATCH
-        rows = _rows(args, tmp, seconds, X_eval, rate, d_in, d_sae, tokens)
+        result = run_interleaved(args.saelens_python, spec)
+        rows = _rows(args, tmp, result, shown, X_eval, rate, d_in * d_sae * 10)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _report(args, out, store, X, rate, rows)
 
 
-def _rows(args, tmp: Path, seconds: dict, X_eval, rate: float, d_in: int, d_sae: int, tokens: int):
+def _rows(args, tmp: Path, result: dict, shown: dict, X_eval, rate: float, dense_flops: int):
     """One row per SAE: speed, held-out quality and achieved compute."""
-    flops = {"sparse": 2 * d_in * d_sae + 8 * args.k * d_in, "dense": 10 * d_in * d_sae}
+    tokens = args.steps * BATCH
     rows = []
-    for name, (library, setting, path) in SETTINGS.items():
+    for name, (library, setting, family) in shown.items():
         m = evaluate(load(tmp / name), X_eval)
-        s = seconds[name]
+        s = result["seconds"][name]
         row = {
+            "name": name,
             "library": library,
-            "setting": setting.format(k=args.k, l1=args.l1),
+            "setting": setting,
+            "family": family,
             "tokens_per_s": tokens / s,
             "step_seconds": s / args.steps,
             "l0": m.l0,
             "fvu": m.fvu,
             "dead_fraction": m.dead_fraction,
-            "dense_equiv_gflops": flops["dense"] * tokens / s / 1e9,
-            "executed_gflops": flops[path] * tokens / s / 1e9,
+            "dense_equiv_gflops": dense_flops * tokens / s / 1e9,
+            "executed_gflops": result["flops"][name] / s / 1e9,
         }
         row["executed_fraction_of_matmul"] = row["executed_gflops"] / rate
         rows.append(row)
     return rows
 
 
+def _lerp(a: float, b: float, t: float, log: bool = False) -> float:
+    if log:
+        return float(np.exp((1 - t) * np.log(a) + t * np.log(b)))
+    return float((1 - t) * a + t * b)
+
+
+def at_l0(rows: list[dict], l0: float) -> dict | None:
+    """FVU, tokens/s and executed share of the matmul rate of a sweep at ``l0``: linear in
+    log L0 between the two sweep points around it (tokens/s in log scale); None outside."""
+    pts = sorted(rows, key=lambda r: r["l0"])
+    for a, b in zip(pts, pts[1:]):
+        if a["l0"] <= l0 <= b["l0"]:
+            la, lb = np.log(a["l0"]), np.log(b["l0"])
+            t = 0.0 if lb == la else float((np.log(l0) - la) / (lb - la))
+            share = "executed_fraction_of_matmul"
+            return {
+                "l0": l0,
+                "fvu": _lerp(a["fvu"], b["fvu"], t),
+                "tokens_per_s": _lerp(a["tokens_per_s"], b["tokens_per_s"], t, log=True),
+                share: _lerp(a[share], b[share], t),
+                "between": [a["setting"], b["setting"]],
+            }
+    return None
+
+
+def equal_l0(rows: list[dict], target: float | None) -> dict | None:
+    """geomsae's and SAELens' L1 sweeps compared at one L0 both cover."""
+    ours = [r for r in rows if r["family"] == "l1_geomsae"]
+    theirs = [r for r in rows if r["family"] == "l1_saelens"]
+    if len(ours) < 2 or len(theirs) < 2:
+        return None
+    lo = max(min(r["l0"] for r in ours), min(r["l0"] for r in theirs))
+    hi = min(max(r["l0"] for r in ours), max(r["l0"] for r in theirs))
+    if target is None:
+        if lo > hi:
+            return {"error": f"the sweeps' L0 ranges do not overlap ({lo:.0f} > {hi:.0f}); "
+                             "widen --l1-geomsae / --l1-saelens"}  # fmt: skip
+        target = float(np.sqrt(lo * hi))
+    g, s = at_l0(ours, target), at_l0(theirs, target)
+    if g is None or s is None:
+        return {"error": f"L0 {target:.0f} is outside a sweep's range"}
+    return {"l0": target, "geomsae": g, "saelens": s,
+            "speedup": g["tokens_per_s"] / s["tokens_per_s"]}  # fmt: skip
+
+
 def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
     """Ratios against SAELens, written to ``out/bench_sae.json`` and printed."""
+    by_name = {r["name"]: r for r in rows}
 
-    def ratio(a: str, b: str) -> dict:
-        ra, rb = rows[list(SETTINGS).index(a)], rows[list(SETTINGS).index(b)]
+    def ratio(a: str, b: str) -> dict | None:
+        if a not in by_name or b not in by_name:
+            return None
+        ra, rb = by_name[a], by_name[b]
         return {"speedup": ra["tokens_per_s"] / rb["tokens_per_s"],
                 "fvu_geomsae": ra["fvu"], "fvu_saelens": rb["fvu"],
                 "l0_geomsae": ra["l0"], "l0_saelens": rb["l0"]}  # fmt: skip
@@ -252,23 +351,33 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
     report = {
         "activations": {"hook": store.hook, "rows": len(X), "d_in": X.shape[1]},
         "matmul_gflops": rate,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": args.threads,
         "load_average": os.getloadavg(),
         "steps": args.steps,
         "batch": BATCH,
         "rows": rows,
         "topk_vs_saelens": ratio("geomsae_topk_sparse", "saelens_topk"),
         "topk_dense_vs_saelens": ratio("geomsae_topk_dense", "saelens_topk"),
-        "l1_vs_saelens": ratio("geomsae_relu", "saelens_relu"),
+        "l1_at_equal_l0": equal_l0(rows, args.target_l0),
     }
     (out / "bench_sae.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(rows))
     print(f"dense fp32 matmul: {rate:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
-    for name in ("topk_vs_saelens", "topk_dense_vs_saelens", "l1_vs_saelens"):
+    for name in ("topk_vs_saelens", "topk_dense_vs_saelens"):
         r = report[name]
-        print(f"{name}: geomsae/SAELens tokens/s = {r['speedup']:.2f}x; FVU "
-              f"{r['fvu_geomsae']:.4f} vs {r['fvu_saelens']:.4f}; L0 {r['l0_geomsae']:.1f} "
-              f"vs {r['l0_saelens']:.1f}")  # fmt: skip
+        if r is not None:
+            print(f"{name}: geomsae/SAELens tokens/s = {r['speedup']:.2f}x; FVU "
+                  f"{r['fvu_geomsae']:.4f} vs {r['fvu_saelens']:.4f}; L0 {r['l0_geomsae']:.1f} "
+                  f"vs {r['l0_saelens']:.1f}")  # fmt: skip
+    eq = report["l1_at_equal_l0"]
+    if eq is not None and "error" in eq:
+        print(f"l1_at_equal_l0: {eq['error']}")
+    elif eq is not None:
+        g, s, share = eq["geomsae"], eq["saelens"], "executed_fraction_of_matmul"
+        print(f"l1_at_equal_l0 (L0 {eq['l0']:.0f}, interpolated): geomsae/SAELens tokens/s = "
+              f"{eq['speedup']:.2f}x ({g['tokens_per_s']:.0f} vs {s['tokens_per_s']:.0f}); FVU "
+              f"{g['fvu']:.4f} vs {s['fvu']:.4f}; executed share of the matmul rate "
+              f"{g[share]:.0%} vs {s[share]:.0%}")  # fmt: skip
     return report
 
 

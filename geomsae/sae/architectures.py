@@ -253,9 +253,9 @@ class ReLUSAE(SAE):
         xc = x - self.b_dec
         pre = F.linear(xc, self.encoder_weight, self.b_enc)  # (n, d_sae)
         if self._use_sparse(x):
-            codes = codes_from_positive(pre)
-            if self.decode_impl == "sparse" or sparse_wins(len(codes.cols), *pre.shape):
-                return self._sparse_step(x, xc, codes, ctx)
+            n_active = int(torch.count_nonzero(pre.detach() > 0))  # ~1% of a dense step
+            if self.decode_impl == "sparse" or sparse_wins(n_active, *pre.shape):
+                return self._sparse_step(x, xc, codes_from_positive(pre), ctx)
         f = F.relu(pre)
         x_hat = f @ self.W_dec + self.b_dec
         mse = reconstruction_loss(x, x_hat)
