@@ -27,6 +27,7 @@ from geomsae.sae.metrics import (
     plot_feature_density,
     spliced_metrics,
 )
+from geomsae.sae.stream import stream_from_model
 from geomsae.sae.trainer import train, train_many
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "plot_feature_density",
     "save_sae",
     "spliced_metrics",
+    "stream_from_model",
     "train",
     "train_many",
 ]
