@@ -155,6 +155,7 @@ def run(config: TrainSAEStudyConfig) -> dict:
         lr_warmup_steps=min(100, max(1, train_tokens // min(config.batch_size, n_rows) // 10)),
         dead_tokens=max(min(10_000_000, train_tokens // 4), 1),
         seed=config.seed,
+        data_seed=config.seed,
         hook_name=hook_name,
         model_name=config.model or "smollm2-135m-instruct-gguf",
     )

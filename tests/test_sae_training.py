@@ -82,11 +82,34 @@ def test_training_is_deterministic_and_history_is_logged():
 
 def test_train_many_equals_separate_runs():
     X = data()
-    # the data order follows configs[0].seed, so separate runs match when seeds agree
-    configs = [cfg(), cfg(arch="relu", l1_coefficient=2.0), cfg(k=5, n_features=64)]
+    # different init seeds: the batches follow data_seed only, which they share
+    configs = [cfg(), cfg(arch="relu", l1_coefficient=2.0, seed=7), cfg(k=5, n_features=64, seed=3)]
     many = train_many(configs, X, progress=False)
     for c, sae in zip(configs, many):
         assert_same(sae, train(c, X, progress=False))
+    # ... so the order of the configs does not matter either
+    for sae, again in zip(many, reversed(train_many(configs[::-1], X, progress=False))):
+        assert_same(sae, again)
+
+
+def test_data_seed_sets_the_data_order_and_must_be_shared(monkeypatch):
+    X = data()
+    seen = []
+    real = _Run.step
+    monkeypatch.setattr(
+        _Run, "step", lambda self, x, *a: seen.append(x.clone()) or real(self, x, *a)
+    )
+
+    def batches(**kw):
+        seen.clear()
+        train(cfg(train_tokens=512, **kw), X, progress=False)
+        return torch.stack(seen)
+
+    base = batches()
+    assert torch.equal(base, batches(seed=5, arch="relu"))  # the init seed leaves the data alone
+    assert not torch.equal(base, batches(data_seed=1))
+    with pytest.raises(ValueError, match="data_seed"):
+        train_many([cfg(), cfg(data_seed=1)], X, progress=False)
 
 
 @pytest.mark.parametrize("arch", ["relu", "tied_relu", "topk"])

@@ -120,7 +120,13 @@ class SAEConfig:
     """Exponential-moving-average rate of the BatchTopK inference threshold."""
 
     seed: int = 0
-    """Seed of the initialisation, the data order and resampling."""
+    """Seed of the initial weights and of resampling (not of the data: see ``data_seed``)."""
+
+    data_seed: int = 0
+    """Seed of the data order (chunk and row shuffling) and of the initial sample (b_dec, the
+    activation scale, the norm threshold). SAEs trained in one pass share it, so the data they
+    see never depends on which config comes first, and ``train_many`` equals separate
+    ``train`` calls whatever their ``seed``."""
 
     hook_name: str = ""
     """TransformerLens hook of the activations (``blocks.6.hook_resid_post``); metadata only."""
@@ -235,4 +241,5 @@ DATA_FIELDS = (
     "exclude_high_norm",
     "exclude_bos",
     "d_in",
+    "data_seed",
 )

@@ -187,7 +187,7 @@ def _keep_fn(config: SAEConfig, source: ChunkedSource):
     """Row filter: BOS (position 0) and high-norm exclusion; raises on NaN/inf rows."""
     threshold = None
     if config.exclude_high_norm is not None:
-        sample = source.sample(config.init_samples, config.seed + 1, _finite_check)
+        sample = source.sample(config.init_samples, config.data_seed + 1, _finite_check)
         threshold = float(sample.norm(dim=1).median()) * config.exclude_high_norm
 
     def keep(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -241,8 +241,9 @@ def train_many(
     ----------
     configs : sequence of SAEConfig
         May differ in architecture, size, k, alpha, lr and seed; must agree on the data fields
-        (``batch_size``, ``train_tokens``, ``init_samples``, exclusions, ``d_in``). The data order
-        follows ``configs[0].seed``.
+        (``batch_size``, ``train_tokens``, ``init_samples``, exclusions, ``d_in``,
+        ``data_seed``). The batches are a function of the data and ``data_seed`` only, so every
+        SAE sees the same batches as it would in its own :func:`train` call.
     activations : array or tensor of shape (n_samples, d_in), ChunkedSource, or a cache
         The training data (a cache folder path or an opened cache streams from disk).
     out_dir : path, optional
@@ -307,7 +308,7 @@ def train_many(
         raise ValueError("checkpoint_every needs out_dir")
 
     keep = _keep_fn(c0, source)
-    sample = source.sample(c0.init_samples, c0.seed + 1, keep).to(dev)
+    sample = source.sample(c0.init_samples, c0.data_seed + 1, keep).to(dev)
     scale = math.sqrt(c0.d_in) / float(sample.norm(dim=1).mean().clamp_min(1e-12))
     runs = [_Run(c, dev, total_steps) for c in configs]
     for run in runs:
@@ -339,7 +340,7 @@ def train_many(
     bar = tqdm(
         total=total_steps, initial=start, disable=not (progress and info.is_main), unit="step"
     )
-    batches = source.batches(c0.batch_size, c0.seed, keep, start=start)
+    batches = source.batches(c0.batch_size, c0.data_seed, keep, start=start)
     for step in range(start, total_steps):
         x_global = next(batches).to(dev, non_blocking=True)
         x = ddp.local_slice(x_global, info)
