@@ -2,15 +2,18 @@
 
     python -m studies.train_sae --layer 6 --arch topk --k 32 --expansion 8 --tokens 200000
         [--out runs/train_sae] [--model NAME] [--device auto] [--seed 0]
-        [--activations CACHE_DIR] [--l1-coefficient 5] [--epochs 1] [--batch-size 4096]
+        [--activations CACHE_DIR | --stream] [--l1-coefficient 5] [--epochs 1] [--batch-size 4096]
         [--lr LR] [--eval-sequences 16] [--checkpoint-every 200] [--overwrite] [--smoke]
 
 Activations come from the harvester's cache (``geomsae.activations.harvest``: reused when it
 exists, filled otherwise) or from ``--activations`` (a cache folder, or a ``.npy`` array of shape
-(n_tokens, d_model)). The SAE is written to ``--out`` as a SAELens folder (``cfg.json`` +
-``sae_weights.safetensors``) with ``metrics.json``, ``history.json``, ``report.json``,
-``report.md`` and ``feature_density.png``. A killed run resumes from its checkpoint when started
-again with the same arguments; a finished one is only replaced with ``--overwrite``.
+(n_tokens, d_model)); with ``--stream`` they are computed from the model's forward passes while
+training, with no cache (``geomsae.sae.stream_from_model``: a shuffle buffer of bounded size;
+the metrics pass runs the model once more). The SAE is written to ``--out`` as a SAELens folder
+(``cfg.json`` + ``sae_weights.safetensors``) with ``metrics.json``, ``history.json``,
+``report.json``, ``report.md`` and ``feature_density.png``. A killed run resumes from its
+checkpoint when started again with the same arguments; a finished one is only replaced with
+``--overwrite``.
 
 Metrics: L0, dead/dense fractions, MSE, FVU (around the mean) on the training activations, and,
 with the model, next-token CE with the SAE spliced in at the hook, KL to the clean model and
@@ -29,7 +32,15 @@ import torch
 
 from geomsae.activations import harvest, open_cache
 from geomsae.models import TINY_MODEL, load_model
-from geomsae.sae import SAEConfig, evaluate, plot_feature_density, spliced_metrics, train
+from geomsae.sae import (
+    ChunkedSource,
+    SAEConfig,
+    evaluate,
+    plot_feature_density,
+    spliced_metrics,
+    stream_from_model,
+    train,
+)
 from studies.common import (
     LayerStudyConfig,
     Timer,
@@ -53,6 +64,8 @@ class TrainSAEStudyConfig(LayerStudyConfig):
     """Output folder: the SAE (SAELens format) and the report."""
     activations: str | None = None
     """Cache folder or .npy array to train on instead of harvesting."""
+    stream: bool = False
+    """Train straight from the model's forward passes (no activation cache)."""
     tokens: int = 200_000
     """Activation rows to harvest (and train on per epoch)."""
     arch: str = "topk"
@@ -95,6 +108,17 @@ SMOKE = TrainSAEStudyConfig(
 
 
 def _activations(config: TrainSAEStudyConfig):
+    if config.stream and config.activations is not None:
+        raise ValueError("give --activations or --stream, not both")
+    if config.stream:
+        return stream_from_model(
+            config.tokens,
+            model=config.model,
+            hook=config.hook.format(layer=config.layer),
+            context_length=config.context_length,
+            seed=config.seed,
+            device=None if config.device == "auto" else config.device,
+        )
     if config.activations is None:
         return harvest(
             config.tokens,
@@ -137,9 +161,13 @@ def run(config: TrainSAEStudyConfig) -> dict:
     out = Path(config.out)
     with timer("activations"):
         acts = _activations(config)
-    is_store = not isinstance(acts, torch.Tensor)
-    n_rows, d_in = (len(acts), acts.d_in) if is_store else acts.shape
-    hook_name = acts.hook if is_store else config.hook.format(layer=config.layer)
+    if isinstance(acts, ChunkedSource):
+        n_rows, d_in, hook_name = acts.n_rows, acts.d_in, config.hook.format(layer=config.layer)
+    elif isinstance(acts, torch.Tensor):
+        n_rows, d_in = acts.shape
+        hook_name = config.hook.format(layer=config.layer)
+    else:
+        n_rows, d_in, hook_name = len(acts), acts.d_in, acts.hook
     train_tokens = int(config.epochs * n_rows)
     sae_config = SAEConfig(
         arch=config.arch,
@@ -207,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--layer", type=int, help=f"layer to hook (default: {d.layer})")
     p.add_argument("--hook", help=f"hook name template, {{layer}} substituted (default: {d.hook})")
     p.add_argument("--activations", help="cache folder or .npy to train on (default: harvest)")
+    p.add_argument("--stream", action="store_true", default=False,
+                   help="train from the model's forward passes, no activation cache")  # fmt: skip
     p.add_argument("--tokens", type=int, help=f"activation rows (default: {d.tokens})")
     p.add_argument("--arch", choices=["topk", "batchtopk", "relu", "tied_relu", "jumprelu"],
                    help=f"SAE architecture (default: {d.arch})")  # fmt: skip
@@ -231,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         given.pop("out")
     given["out"] = Path(given.get("out", base.out))
     given["overwrite"] = args.overwrite
+    given["stream"] = args.stream
     return run(dataclasses.replace(base, **given))
 
 

@@ -88,3 +88,19 @@ def test_train_sae_study_smoke(tmp_path, monkeypatch):
     assert cfg["hook_name"] == "blocks.2.hook_resid_post" and cfg["architecture"] == "topk"
     with pytest.raises(FileExistsError):
         train_sae.run(config)
+
+
+@pytest.mark.slow
+def test_train_sae_study_streams_from_the_model(tmp_path, monkeypatch):
+    from studies import train_sae
+
+    monkeypatch.setenv("GEOMSAE_CACHE_DIR", str(tmp_path / "cache"))
+    config = dataclasses.replace(
+        train_sae.SMOKE, out=tmp_path / "run", eval_sequences=0, stream=True
+    )
+    report = train_sae.run(config)
+    assert not (tmp_path / "cache").exists()  # nothing harvested to disk
+    assert report["metrics"]["l0"] == pytest.approx(4.0, abs=0.5)
+    assert 0 <= report["metrics"]["fvu"] < 1
+    with pytest.raises(ValueError, match="not both"):
+        train_sae.run(dataclasses.replace(config, activations="x.npy"))
