@@ -75,7 +75,7 @@ def test_uncertified_rows_fall_back_to_float64(monkeypatch):
     # tight clusters (spread 1e-2) far from each other (~1e3): float32 rounding (~1e-4 of the
     # squared norms) cannot rank points inside a cluster, so no row can be certified and all
     # are redone in float64 -- the answer must still be the float64 one
-    import geomsae.neighbors as nbm
+    import geomsae.neighbors.brute as nbm
 
     rng = np.random.default_rng(7)
     X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
@@ -84,7 +84,7 @@ def test_uncertified_rows_fall_back_to_float64(monkeypatch):
 
     def spy(*args, **kwargs):
         out = block(*args, **kwargs)
-        calls.append((args[5], int((~out[2]).sum())))
+        calls.append((args[3], int((~out[2]).sum())))
         return out
 
     monkeypatch.setattr(nbm, "_knn_block", spy)
@@ -209,3 +209,95 @@ def test_property_knn_is_brute_force(n, dim, k, seed, shift):
     np.testing.assert_allclose(
         np.linalg.norm(X[nb.indices] - X[:, None, :], axis=-1), nb.distances, atol=1e-9
     )
+
+
+# ------------------------------------------------------------------------ projected screen
+
+
+def _low_rank(n, d=6, D=80, noise=0.01, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(D, d)))[0]
+    return rng.normal(size=(n, d)) @ basis.T + noise * rng.normal(size=(n, D)) + shift
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 30])
+def test_projected_equals_brute_force(k):
+    X = _low_rank(1500, shift=50.0)  # far from the origin: centring must keep it exact
+    a = knn(X, k, method="brute", screen_dtype=torch.float64)
+    b = knn(X, k, method="projected", block_size=100)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12, atol=1e-12)
+
+
+def test_projected_is_exact_where_the_bound_is_useless():
+    # isotropic data: the projection excludes almost nothing, rows fall back to brute force
+    X = np.random.default_rng(1).normal(size=(600, 40))
+    a, b = knn(X, 5, method="brute"), knn(X, 5, method="projected")
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12)
+
+
+def test_projected_with_reference_set_query_indices_and_duplicates():
+    X = _low_rank(900, seed=2)
+    X[10] = X[3]
+    X[11] = X[3]
+    Y = _low_rank(700, seed=3)
+    for kw in ({"Y": Y}, {"query_indices": np.arange(0, 900, 7)}, {}):
+        a = knn(X, 4, method="brute", screen_dtype=torch.float64, **kw)
+        b = knn(X, 4, method="projected", **kw)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12, atol=1e-12)
+    nb = knn(X, 2, method="projected")
+    assert nb.distances[3, 0] == 0.0 and set(nb.indices[3]) == {10, 11}  # exact zeros
+
+
+def test_projected_on_torch_float32_and_tiny_dimensions():
+    X = torch.from_numpy(_low_rank(500, d=2, D=3, seed=4)).float()
+    a = knn(X, 6, method="brute", screen_dtype=torch.float64)
+    b = knn(X, 6, method="projected")
+    assert isinstance(b.indices, torch.Tensor)
+    assert torch.equal(a.indices, b.indices)
+    one = knn(np.arange(50.0)[:, None] ** 1.5, 3, method="projected")  # D = 1: brute force
+    np.testing.assert_array_equal(one.indices, knn(np.arange(50.0)[:, None] ** 1.5, 3).indices)
+
+
+def test_auto_plans_the_projection_on_low_rank_data_only():
+    import geomsae.neighbors.projected as proj
+    from geomsae.neighbors.brute import Reference
+
+    X = torch.from_numpy(_low_rank(4000, d=5, D=200, seed=5))
+    ref = Reference.of(X)
+    chosen = proj.plan(X, torch.arange(4000), ref, 10)
+    assert chosen is not None and chosen.n_components >= 5  # needs the 5 signal directions
+    assert chosen.certified_fraction > 0.9 and chosen.predicted_speedup > 1.5
+    iso = torch.from_numpy(np.random.default_rng(6).normal(size=(4000, 200)))
+    assert proj.plan(iso, torch.arange(4000), Reference.of(iso), 10) is None
+    a, b = knn(X, 10), knn(X, 10, method="brute")
+    assert torch.equal(a.indices, b.indices)
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="method must be one of"):
+        knn(np.eye(4), 1, method="kdtree")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    b=st.integers(1, 5),
+    n=st.integers(1, 3000),
+    c=st.integers(1, 40),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_grouped_selection_is_topk(b, n, c, ties, seed):
+    from geomsae.neighbors.brute import smallest
+
+    c = min(c, n)
+    g = torch.Generator().manual_seed(seed)
+    d2 = torch.randint(0, 20, (b, n), generator=g).float() if ties else None
+    d2 = torch.randn(b, n, generator=g) if d2 is None else d2
+    vals, idx = smallest(d2, c)
+    ref = torch.topk(d2, c, dim=1, largest=False).values
+    assert torch.equal(torch.sort(vals, 1).values, ref)  # the same multiset of values
+    assert torch.equal(d2.gather(1, idx), vals)  # at the positions it names
+    assert all(len(set(r.tolist())) == c for r in idx)  # distinct columns

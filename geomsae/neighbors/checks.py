@@ -1,0 +1,126 @@
+"""Input checks and the duplicate-point policy shared by every geometry module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_tensor",
+    "check_no_duplicates",
+    "check_points",
+    "deduplicate",
+    "find_duplicates",
+]
+
+
+
+
+def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray | torch.Tensor:
+    """Check that ``X`` is a finite 2-D point cloud and return it (numpy or torch, unchanged type).
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is not 2-D, has fewer than ``min_samples`` rows or no columns, or holds NaN/Inf.
+    TypeError
+        If ``X`` is neither array-like nor a torch tensor.
+    """
+    if not isinstance(X, torch.Tensor):
+        try:
+            X = np.asarray(X)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise TypeError(f"{name} must be a numpy array or a torch tensor") from exc
+        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"{name} must hold numbers; got dtype {X.dtype}")
+    shape = tuple(X.shape)
+    if len(shape) != 2:
+        hint = " (for one feature use X.reshape(-1, 1))" if len(shape) == 1 else ""
+        raise ValueError(
+            f"{name} must be 2-D of shape (n_samples, n_features); got shape {shape}{hint}"
+        )
+    if shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {shape})")
+    if shape[0] < min_samples:
+        raise ValueError(f"{name} needs at least {min_samples} points; got {shape[0]}")
+    finite = torch.isfinite(X).all().item() if isinstance(X, torch.Tensor) else np.isfinite(X).all()
+    if not finite:
+        raise ValueError(
+            f"{name} contains NaN or Inf; drop those rows first "
+            f"(e.g. X[np.isfinite(X).all(axis=1)])"
+        )
+    return X
+
+
+def as_tensor(X: Any, device: str | torch.device | None = None) -> torch.Tensor:
+    """``X`` as a float64 torch tensor (zero-copy for float64 numpy arrays on CPU)."""
+    t = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(X))
+    return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+
+
+def _out(t: torch.Tensor, like_torch: bool) -> Any:
+    return t if like_torch else t.cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# duplicates
+
+
+def find_duplicates(X: Any) -> np.ndarray:
+    """Mask of the rows that exactly repeat an earlier row.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n_samples, n_features)
+
+    Returns
+    -------
+    mask : bool array of shape (n_samples,)
+        ``True`` for every row equal to some earlier row, so ``X[~mask]`` keeps the first
+        occurrence of each distinct point (see :func:`deduplicate`).
+    """
+    X = check_points(X, min_samples=1)
+    A = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
+    A = np.ascontiguousarray(A, dtype=np.float64) + 0.0  # + 0.0 maps -0.0 to 0.0
+    rows = A.view(np.dtype((np.void, A.dtype.itemsize * A.shape[1]))).ravel()
+    _, first = np.unique(rows, return_index=True)
+    mask = np.ones(A.shape[0], dtype=bool)
+    mask[first] = False
+    return mask
+
+
+def deduplicate(X: Any) -> tuple[Any, np.ndarray]:
+    """Remove repeated rows, keeping first occurrences in their original order.
+
+    Returns
+    -------
+    X_unique : same type as ``X``, shape (n_unique, n_features)
+    kept : int array of shape (n_unique,)
+        Row indices of ``X`` that were kept.
+    """
+    kept = np.flatnonzero(~find_duplicates(X))
+    if isinstance(X, torch.Tensor):
+        return X[torch.as_tensor(kept, device=X.device)], kept
+    return np.asarray(X)[kept], kept
+
+
+def check_no_duplicates(X: Any, *, name: str = "X") -> None:
+    """Raise a ``ValueError`` naming the fix if ``X`` has repeated rows.
+
+    Estimators that divide by the nearest-neighbour distance call this (policy: fail loudly
+    rather than silently drop points). The fix is ``X, kept = geomsae.neighbors.deduplicate(X)``
+    or the estimator's ``on_duplicates="drop"`` option.
+    """
+    mask = find_duplicates(X)
+    n_dup = int(mask.sum())
+    if n_dup:
+        example = int(np.flatnonzero(mask)[0])
+        raise ValueError(
+            f"{name} has {n_dup} duplicate point(s) (e.g. row {example} repeats an earlier row); "
+            f"nearest-neighbour distances of 0 break this estimator. Remove them with "
+            f"`X, kept = geomsae.neighbors.deduplicate(X)` or pass on_duplicates='drop'."
+        )
+
+

@@ -1,0 +1,261 @@
+"""Exact k-NN through a low-dimensional lower bound: a PCA projection plus the residual norm.
+
+For any orthonormal basis ``V`` of shape (D, m), write ``x = V p + r`` with ``p = V^T x`` and
+``r`` orthogonal to ``V``. Then
+
+    |x_i - x_j|^2 = |p_i - p_j|^2 + |r_i - r_j|^2  >=  |p_i - p_j|^2 + (|r_i| - |r_j|)^2,
+
+so the Euclidean distance between the (m + 1)-dimensional points ``z_i = (p_i, |r_i|)`` is a
+**lower bound** of the true distance, whatever ``V`` is. The search screens each query's
+``c`` nearest points in z-space (a cheap product in m + 1 dimensions), measures those ``c``
+exactly in float64, and **certifies** the row when the ``c``-th screened lower bound (minus its
+rounding-error bound) exceeds the k-th exact distance found: every other point is then provably
+farther. Rows that cannot be certified are searched again by brute force
+(:func:`geomsae.neighbors.brute.brute_knn`). The answer is therefore identical to brute force
+for any data; only the speed depends on the data.
+
+It is fast when a few principal directions hold most of the variance at the scale of the
+neighbour distances (low intrinsic dimension in a high ambient dimension, such as activations
+of a layer that lie near a low-dimensional manifold), because the bound is then tight and few
+candidates are needed. :func:`plan` measures this on a sample of queries before committing: it
+computes the exact k-th distances of the sample, counts for each candidate ``m`` how many points
+each query's bound cannot exclude, and picks ``(m, c)`` by a cost model of this machine's
+kernels, or declines (returns None) when brute force is predicted to be cheaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from geomsae.neighbors.brute import (
+    Reference,
+    Screen,
+    block_rows,
+    brute_knn,
+    exclude_self,
+    refine,
+    sort_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProjectionPlan", "plan", "projected_knn"]
+
+# Relative costs of the kernels, in units of one float32 multiply-add inside a large matrix
+# product, measured with one thread on a 2-core x86-64 CPU at D = 576: the screen's per-pair
+# cost besides its product (output write, grouped top-k), and one float64 multiply-add of the
+# candidate refinement (a sampled product that reads every candidate row).
+_SCREEN_PER_PAIR = 30.0
+_REFINE_PER_MAC = 30.0
+_MAX_COMPONENTS = 64
+_SAMPLE_QUERIES = 64
+_BASIS_ROWS = 2048
+_MIN_GAIN = 1.5  # use the projection only when predicted at least this much cheaper
+
+
+@dataclass(frozen=True)
+class ProjectionPlan:
+    """The projection search's settings and its predicted economics.
+
+    Attributes
+    ----------
+    n_components : int
+        ``m``, the number of principal directions kept (z-space has ``m + 1`` coordinates).
+    n_candidates : int
+        ``c``, the candidates screened per query and re-measured exactly.
+    certified_fraction : float
+        Share of the sampled queries whose k neighbours ``c`` candidates certify.
+    predicted_speedup : float
+        Predicted cost of brute force over the cost of this plan.
+    basis : tensor of shape (n_components_max, n_features), float64
+        Orthonormal rows: principal directions of a row sample, by decreasing variance.
+    coordinates : tensor of shape (n_reference, n_components_max), float64
+        The reference points' projections on ``basis``.
+    residual_sq : tensor of shape (n_reference,), float64
+        Their squared distances to the span of ``basis``.
+    """
+
+    n_components: int
+    n_candidates: int
+    certified_fraction: float
+    predicted_speedup: float
+    basis: torch.Tensor = field(repr=False)
+    coordinates: torch.Tensor = field(repr=False)
+    residual_sq: torch.Tensor = field(repr=False)
+
+
+def _basis(ref: Reference, n_max: int) -> torch.Tensor:
+    """Orthonormal (n_max, D) basis: principal directions of an evenly spaced row sample.
+
+    Any orthonormal basis gives a valid bound; the principal directions make it tight. A
+    randomized range finder with two power iterations on at most ``_BASIS_ROWS`` rows, in
+    float32, then re-orthonormalised in float64 (orthonormality matters for the bound).
+    """
+    X = ref.X
+    rows = torch.linspace(0, X.shape[0] - 1, min(X.shape[0], _BASIS_ROWS), device=X.device)
+    S = X[rows.round().long()].float()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = min(n_max + 10, S.shape[0], S.shape[1])
+    Y = S @ torch.randn(S.shape[1], q, generator=gen).to(S.device)
+    for _ in range(2):
+        Y = torch.linalg.qr(Y).Q
+        Y = S @ (S.T @ Y)
+    Y = torch.linalg.qr(Y).Q
+    _, _, Vh = torch.linalg.svd(Y.T @ S, full_matrices=False)
+    return torch.linalg.qr(Vh[:n_max].T.double()).Q.T.contiguous()
+
+
+def _coordinates(Xc: torch.Tensor, Vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projections ``P = Xc Vt^T`` and squared residual norms ``|Xc - P Vt|^2`` (explicit)."""
+    P = Xc @ Vt.T
+    res = torch.addmm(Xc, P, Vt, alpha=-1.0)
+    return P, (res * res).sum(1)
+
+
+def _z(P: torch.Tensor, res_sq: torch.Tensor, m: int) -> torch.Tensor:
+    """z-space points for ``m`` components: ``(p_1..p_m, |r|)``, with |r| from a sum of squares.
+
+    ``|r_m|^2 = |r_M|^2 + sum_{l >= m} p_l^2`` adds non-negative terms (no cancellation).
+    """
+    r = torch.sqrt(res_sq + (P[:, m:] ** 2).sum(1))
+    return torch.cat([P[:, :m], r[:, None]], 1)
+
+
+def _grid(n_max: int) -> list[int]:
+    return [m for m in (2, 4, 6, 8, 12, 16, 24, 32, 48, 64) if m < n_max] + [n_max]
+
+
+def plan(
+    Q: torch.Tensor,
+    self_idx: torch.Tensor | None,
+    ref: Reference,
+    k: int,
+    *,
+    force: bool = False,
+) -> ProjectionPlan | None:
+    """Choose ``(m, c)`` for :func:`projected_knn` on a sample of the queries, or None.
+
+    None means brute force is predicted to be at least ``_MIN_GAIN`` times as fast (flat
+    spectra, tiny problems), unless ``force``; also None when ``n_features == 1``.
+    """
+    n, D = ref.X.shape
+    n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
+    if n_max < 1:
+        return None
+    Vt = _basis(ref, n_max)
+    s = min(_SAMPLE_QUERIES, Q.shape[0])
+    pick = torch.linspace(0, Q.shape[0] - 1, s, device=Q.device).round().long()
+    Qs = Q[pick] - ref.mu
+    self_s = None if self_idx is None else self_idx[pick]
+    u, _ = brute_knn(Q[pick], self_s, ref, k, screen_dtype=torch.float32)
+    u2 = u[:, -1] ** 2 * (1 + 1e-9)  # (s,) exact k-th squared distances
+    brute_cost = n * (D + _SCREEN_PER_PAIR)
+    fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
+    best: tuple[float, int, int, float] | None = None
+    part = torch.zeros(s, n, device=Q.device)  # sum_{l<m} (dp_l)^2 (float32: only counted)
+    cols: list[torch.Tensor] = []
+    p_sq = torch.zeros(n, dtype=torch.float64, device=Q.device)
+    pq_sq = torch.zeros(s, dtype=torch.float64, device=Q.device)
+    q_sq = (Qs * Qs).sum(1)
+    done, last_median = 0, math.inf
+    for m in _grid(n_max):
+        # the principal coordinates are computed as far as the grid gets
+        b, a = ref.X @ Vt[done:m].T, Qs @ Vt[done:m].T
+        cols.append(b)
+        p_sq += (b * b).sum(1)
+        pq_sq += (a * a).sum(1)
+        part += ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)).float()
+        done = m
+        # residual norms by subtraction: fine for counting (the search uses exact ones)
+        rq = torch.sqrt((q_sq - pq_sq).clamp_min(0)).float()
+        rr = torch.sqrt((ref.sq - p_sq).clamp_min(0)).float()
+        lb2 = torch.sub(rq[:, None], rr[None, :]).square_().add_(part)
+        if self_s is not None:
+            lb2[torch.arange(s, device=Q.device), self_s] = math.inf
+        # points the bound cannot exclude
+        counts = (lb2 <= u2.float()[:, None]).sum(1).sort().values
+        # c = counts[j] certifies the sample's j + 1 best-bounded queries; the rest fall back
+        c_j = counts.clamp_min(k).double()
+        screen_cost = n * (max(m + 1, 8) + _SCREEN_PER_PAIR)
+        costs = screen_cost + c_j * D * _REFINE_PER_MAC + fail * brute_cost
+        j = int(torch.argmin(costs))
+        if best is None or float(costs[j]) < best[0]:
+            best = (float(costs[j]), m, int(c_j[j]), 1.0 - float(fail[j]))
+        median = float(counts[s // 2])
+        if m >= 8 and median >= 0.97 * last_median:  # the bound stopped tightening
+            break
+        last_median = median
+    assert best is not None
+    cost, m, c, certified = best
+    c = min(c + max(2, c // 8), n - (self_idx is not None))  # margin for the unsampled rows
+    speedup = brute_cost / cost
+    logger.debug("projection plan: m=%d c=%d certified=%.2f speedup=%.1f", m, c, certified, speedup)
+    if speedup < _MIN_GAIN and not force:
+        return None
+    P = torch.cat(cols, 1)[:, :m].contiguous()
+    res = torch.addmm(ref.X, P, Vt[:m], alpha=-1.0)  # explicit residuals: exact norms
+    return ProjectionPlan(m, c, certified, speedup, Vt[:m].contiguous(), P, (res * res).sum(1))
+
+
+def projected_knn(
+    Q: torch.Tensor,
+    self_idx: torch.Tensor | None,
+    ref: Reference,
+    k: int,
+    chosen: ProjectionPlan,
+    *,
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN of the rows of ``Q`` (uncentred) among ``ref`` by the z-space screen.
+
+    Returns
+    -------
+    distances, indices : tensors of shape (n_queries, k), float64 and int64, rows sorted.
+    """
+    m, c = chosen.n_components, chosen.n_candidates
+    Vt = chosen.basis
+    Zr = _z(chosen.coordinates, chosen.residual_sq, m)
+    Qc_all = Q - ref.mu
+    everyone = torch.arange(ref.n, device=Q.device)
+    if self_idx is not None and Q.shape[0] == ref.n and torch.equal(self_idx, everyone):
+        Zq_all = Zr
+    else:
+        Zq_all = _z(*_coordinates(Qc_all, Vt), m)
+    shift = Zr.mean(0)  # centring z keeps the float32 screen's rounding error small
+    Zr = Zr - shift
+    zscreen = Screen(Zr.float(), (Zr * Zr).sum(1).float())
+    x_max = float(ref.sq.max())
+    # small blocks keep the (b, n) screen block in cache (64 rows: fastest at n = 5000-20000)
+    bs = block_size or min(64, block_rows(ref.n, c * (ref.X.shape[1] + 4), None))
+    dists, inds, failed = [], [], []
+    for start in range(0, Q.shape[0], bs):
+        Qc = Qc_all[start : start + bs]
+        Zq = Zq_all[start : start + bs] - shift
+        self_b = None if self_idx is None else self_idx[start : start + bs]
+        vals, cand = zscreen.nearest(Zq.float(), self_b, c)
+        exact, cand = sort_rows(exclude_self(refine(Qc, ref, cand), cand, self_b), cand)
+        # rounding: the float32 z-product, and the float64 projection and residual (relative
+        # 1e-11 of the squared norms covers their D * eps64 error)
+        bound = zscreen.error_bound((Zq * Zq).sum(1)) + 1e-11 * ((Qc * Qc).sum(1) + x_max)
+        ok = exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound
+        failed.append(start + torch.nonzero(~ok).flatten())
+        dists.append(exact[:, :k])
+        inds.append(cand[:, :k])
+    if not dists:
+        return (
+            torch.empty(0, k, dtype=torch.float64, device=ref.X.device),
+            torch.empty(0, k, dtype=torch.long, device=ref.X.device),
+        )
+    D, I = torch.cat(dists), torch.cat(inds)
+    bad = torch.cat(failed)
+    if bad.numel():  # uncertified rows, all at once (each brute pass reads the whole set)
+        logger.debug("projected k-NN: %d of %d rows searched by brute force", bad.numel(), len(D))
+        sb = None if self_idx is None else self_idx[bad]
+        wide = ref.n >= 400 * (k + max(4, k // 4))
+        dtype = torch.float32 if (wide or Q.is_cuda) else torch.float64
+        D[bad], I[bad] = brute_knn(Q[bad], sb, ref, k, screen_dtype=dtype)
+    return D, I

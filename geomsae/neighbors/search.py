@@ -1,0 +1,151 @@
+"""The public exact k-NN search: validation, then brute force or the projected screen."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from geomsae.neighbors.brute import Reference, brute_knn
+from geomsae.neighbors.checks import as_tensor, check_points
+from geomsae.neighbors.projected import plan, projected_knn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "Neighbors", "knn"]
+
+METHODS = ("auto", "brute", "projected")
+"""Search methods of :func:`knn`; all return the same neighbours."""
+
+
+class Neighbors(NamedTuple):
+    """k nearest neighbours of each query point.
+
+    Attributes
+    ----------
+    distances : array of shape (n_queries, n_neighbors), float64
+        Euclidean distances, ascending along each row.
+    indices : array of shape (n_queries, n_neighbors), int64
+        Row indices of the neighbours in the reference set, same order as ``distances``.
+    """
+
+    distances: Any
+    indices: Any
+
+
+def _auto_screen(n_ref: int, k: int, max_k: int, cuda: bool) -> torch.dtype:
+    wide = n_ref >= 400 * min(max_k, k + max(4, k // 4))
+    return torch.float32 if (cuda or wide) else torch.float64
+
+
+def knn(
+    X: Any,
+    n_neighbors: int,
+    *,
+    Y: Any | None = None,
+    block_size: int | None = None,
+    query_indices: Any | None = None,
+    screen_dtype: torch.dtype | None = None,
+    method: str = "auto",
+    device: str | torch.device | None = None,
+) -> Neighbors:
+    """Exact k nearest neighbours, blocked over the queries.
+
+    Parameters
+    ----------
+    X : array or tensor of shape (n_samples, n_features)
+        Query points. When ``Y`` is None, also the reference set, and a point is never its own
+        neighbour (excluded by index; exact duplicates of it are returned at distance 0).
+    n_neighbors : int
+        Number of neighbours ``k``; at most ``n_samples - 1`` (or ``len(Y)`` when ``Y`` is given).
+    Y : array or tensor of shape (n_reference, n_features), optional
+        Reference points to search. Nothing is excluded then.
+    block_size : int, optional
+        Queries per block; by default chosen so a block uses about 256 MiB.
+    query_indices : int array of shape (n_queries,), optional
+        Only with ``Y=None``: search neighbours (among all of ``X``) of the rows
+        ``X[query_indices]`` only, still excluding each query itself.
+    screen_dtype : torch.dtype, optional
+        Brute force only; both choices give the same neighbours and float64 distances. None
+        (default) picks float32 on GPUs, and on CPU when the reference set is large next to the
+        number of candidates (``n_reference >= 400 * (k + max(4, k // 4))``), else float64.
+        ``torch.float64``: one float64 matrix product per block, distances from the (centred)
+        expansion with near-duplicate pairs re-measured directly. ``torch.float32``: a float32
+        screen keeping ``max(4, k // 4)`` extra candidates, all re-measured in float64, each row
+        *certified* with a rounding-error bound; rows it cannot certify are redone in float64.
+    method : {"auto", "brute", "projected"}
+        All three return the same neighbours and distances. ``"brute"``: compare each query
+        with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with a
+        certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions plus
+        the residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly,
+        and search uncertified rows by brute force. ``"auto"`` (default) plans the projection on
+        a sample of queries on CPU when ``n_reference >= 2000`` and ``n_features >= 32``, and
+        uses it when it predicts it at least 1.5x cheaper; otherwise brute force (always on
+        GPUs, where the full product is cheap).
+    device : str or torch.device, optional
+        Where to compute; default the input's device. Outputs follow the input's type and device.
+
+    Returns
+    -------
+    Neighbors
+        ``distances`` (float64) and ``indices`` (int64), each of shape (n_queries, n_neighbors),
+        rows sorted ascending.
+    """
+    like_torch = isinstance(X, torch.Tensor)
+    out_device = X.device if like_torch else None
+    X = check_points(X, min_samples=1)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    Xt = as_tensor(X, device)
+    if Y is None:
+        R = Xt
+        n_ref = R.shape[0]
+        if query_indices is None:
+            qi = torch.arange(n_ref, device=R.device)
+            Q = Xt
+        else:
+            qi = torch.as_tensor(np.asarray(query_indices), device=R.device).long().reshape(-1)
+            if qi.numel() and (qi.min() < 0 or qi.max() >= n_ref):
+                raise ValueError(f"query_indices must lie in [0, {n_ref})")
+            Q = Xt[qi]
+        max_k = n_ref - 1
+    else:
+        if query_indices is not None:
+            raise ValueError("query_indices is only meaningful with Y=None")
+        R = as_tensor(check_points(Y, name="Y", min_samples=1), Xt.device)
+        if R.shape[1] != Xt.shape[1]:
+            raise ValueError(f"X has {Xt.shape[1]} features but Y has {R.shape[1]}")
+        Q, qi, n_ref = Xt, None, R.shape[0]
+        max_k = n_ref
+    if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be a positive integer; got {n_neighbors!r}")
+    if n_neighbors > max_k:
+        raise ValueError(
+            f"n_neighbors={n_neighbors} but only {max_k} other points are available; "
+            f"use n_neighbors <= {max_k} or more points"
+        )
+    k = int(n_neighbors)
+    if screen_dtype is None:
+        screen_dtype = _auto_screen(n_ref, k, max_k, Xt.is_cuda)
+    if screen_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"screen_dtype must be torch.float32 or torch.float64; got {screen_dtype}")
+    ref = Reference.of(R)
+    chosen = None
+    if method == "projected" or (
+        method == "auto"
+        and not Xt.is_cuda
+        and n_ref >= 2000
+        and Xt.shape[1] >= 32
+        and Q.shape[0] >= 256
+    ):
+        chosen = plan(Q, qi, ref, k, force=method == "projected")
+    if chosen is not None:
+        D, I = projected_knn(Q, qi, ref, k, chosen, block_size=block_size)
+    else:
+        D, I = brute_knn(Q, qi, ref, k, screen_dtype=screen_dtype, block_size=block_size)
+    if like_torch:
+        D, I = D.to(out_device), I.to(out_device)
+        return Neighbors(D, I)
+    return Neighbors(D.cpu().numpy(), I.cpu().numpy())
