@@ -134,6 +134,16 @@ def test_sparse_training_path_equals_dense(arch):
         torch.testing.assert_close(g_sp[name], g, msg=name)
 
 
+def test_centred_linear_gradients():
+    from geomsae.sae.sparse import centred_linear
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in
+            ((7, 4), (5, 4), (5,), (4,))]  # fmt: skip
+    assert torch.autograd.gradcheck(centred_linear, args)
+    torch.testing.assert_close(centred_linear(*args), (args[0] - args[3]) @ args[1].T + args[2])
+
+
 def test_sparse_relu_step_matches_autograd_of_the_formula():
     """The sparse ReLU step's gradients equal autograd of the loss written out by hand."""
     sae = random_sae("relu", d_in=5, d_sae=9)

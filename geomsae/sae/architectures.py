@@ -42,6 +42,7 @@ from geomsae.sae.losses import (
 )
 from geomsae.sae.sparse import (
     SparseCodes,
+    centred_linear,
     codes_from_mask,
     codes_from_positive,
     codes_from_topk,
@@ -251,7 +252,7 @@ class ReLUSAE(SAE):
         dense path's up to floating-point rounding.
         """
         xc = x - self.b_dec
-        pre = F.linear(xc, self.encoder_weight, self.b_enc)  # (n, d_sae)
+        pre = centred_linear(x, self.encoder_weight, self.b_enc, self.b_dec)  # (n, d_sae)
         if self._use_sparse(x):
             n_active = int(torch.count_nonzero(pre.detach() > 0))  # ~1% of a dense step
             if self.decode_impl == "sparse" or sparse_wins(n_active, *pre.shape):
@@ -357,7 +358,7 @@ class TopKSAE(SAE):
                 pre = F.linear(xc, self.encoder_weight, self.b_enc)
             pre_nograd = pre
         else:
-            pre = F.linear(xc, self.encoder_weight, self.b_enc)
+            pre = centred_linear(x, self.encoder_weight, self.b_enc, self.b_dec)
             pre_nograd = pre.detach()
         codes = self._select(pre_nograd, ctx)
         vals, dec = self._values_and_decode(x, pre, codes, sparse, xc)
@@ -469,7 +470,7 @@ class JumpReLUSAE(SAE):
         return F.relu(pre) * (pre > self.threshold)
 
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
-        pre = F.linear(x - self.b_dec, self.encoder_weight, self.b_enc)
+        pre = centred_linear(x, self.encoder_weight, self.b_enc, self.b_dec)
         theta = self.threshold
         bw = self.config.jumprelu_bandwidth
         f = jumprelu(pre, theta, bw)

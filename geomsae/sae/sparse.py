@@ -74,6 +74,38 @@ def sparse_wins(n_nonzero: int, n_samples: int, n_features: int) -> bool:
     return n_nonzero <= SPARSE_MAX_DENSITY * n_samples * n_features
 
 
+class _CentredLinear(torch.autograd.Function):
+    """``(x - b_dec) @ weight.T + bias`` whose ``b_dec`` gradient is ``-(sum_i g_i) @ weight``:
+    autograd would form the (n, d_in) gradient of ``x - b_dec`` with a sixth dense matmul."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, b_dec):  # noqa: D102
+        xc = x - b_dec
+        ctx.save_for_backward(xc, weight)
+        return F.linear(xc, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        xc, weight = ctx.saved_tensors
+        need_x, need_w, need_b, need_bdec = ctx.needs_input_grad
+        col_sum = g.sum(0)
+        grad_x = g @ weight if need_x else None
+        grad_w = g.T @ xc if need_w else None
+        grad_bdec = -(col_sum @ weight) if need_bdec else None
+        return grad_x, grad_w, col_sum if need_b else None, grad_bdec
+
+
+def centred_linear(x: Tensor, weight: Tensor, bias: Tensor, b_dec: Tensor) -> Tensor:
+    """Pre-activations ``(x - b_dec) @ weight.T + bias``, shape (n_samples, n_features).
+
+    Same values and gradients as autograd of the formula, with five dense matmuls per SAE
+    step instead of six. Under autocast (bf16 on CUDA) it is the plain formula.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return F.linear(x - b_dec, weight, bias)
+    return _CentredLinear.apply(x, weight, bias, b_dec)
+
+
 def group_by_feature(cols: Tensor, n_features: int) -> tuple[Tensor, Tensor]:
     """Stable order of the entries by feature and each feature's start in it.
 
