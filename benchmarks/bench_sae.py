@@ -122,7 +122,7 @@ for name, spec in args["geomsae"].items():
     runs[name] = run
 trainers = {name: saelens_trainer(spec) for name, spec in args["saelens"].items()}
 order = list(runs) + list(trainers)
-seconds = {name: 0.0 for name in order}
+seconds = {name: [] for name in order}
 flops = {name: 0.0 for name in order}
 it = batches()
 for step in range(steps):
@@ -131,14 +131,14 @@ for step in range(steps):
         t0 = time.perf_counter()
         if name in runs:
             stats = runs[name].step(x * scale, step, batch, False)
-            seconds[name] += time.perf_counter() - t0
+            seconds[name].append(time.perf_counter() - t0)
             flops[name] += batch * geomsae_flops(runs[name], stats["l0"])
         else:
             tr = trainers[name]
             tr.maybe_reset_sparsity()
             tr.step(x)
             tr.n_training_steps += 1
-            seconds[name] += time.perf_counter() - t0
+            seconds[name].append(time.perf_counter() - t0)
             flops[name] += batch * 10 * d_in * d_sae
 for name, run in runs.items():
     run.sae.set_input_scale(scale)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=40, help="training steps of 4096 tokens")
     p.add_argument("--only", choices=("all", "topk", "l1"), default="all")
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--l1-geomsae", default="2,4,8", help="L1 coefficients of geomsae's sweep")
+    p.add_argument("--l1-geomsae", default="2,6,16,40", help="L1 coefficients of geomsae's sweep")
     p.add_argument("--l1-saelens", default="4,8,16", help="L1 coefficients of SAELens' sweep")
     p.add_argument("--l1-dense", type=float, default=None,
                    help="also run geomsae's ReLU at this alpha on the dense path")  # fmt: skip
@@ -272,13 +272,16 @@ def _rows(args, tmp: Path, result: dict, shown: dict, X_eval, rate: float, dense
     rows = []
     for name, (library, setting, family) in shown.items():
         m = evaluate(load(tmp / name), X_eval)
-        s = result["seconds"][name]
+        per_step = result["seconds"][name]
+        s = sum(per_step)
+        late = per_step[-max(1, len(per_step) // 4) :]
         row = {
             "name": name,
             "library": library,
             "setting": setting,
             "family": family,
             "tokens_per_s": tokens / s,
+            "last_quarter_tokens_per_s": BATCH * len(late) / sum(late),
             "step_seconds": s / args.steps,
             "l0": m.l0,
             "fvu": m.fvu,
@@ -310,30 +313,42 @@ def at_l0(rows: list[dict], l0: float) -> dict | None:
                 "l0": l0,
                 "fvu": _lerp(a["fvu"], b["fvu"], t),
                 "tokens_per_s": _lerp(a["tokens_per_s"], b["tokens_per_s"], t, log=True),
+                "last_quarter_tokens_per_s": _lerp(
+                    a["last_quarter_tokens_per_s"], b["last_quarter_tokens_per_s"], t, log=True
+                ),
                 share: _lerp(a[share], b[share], t),
                 "between": [a["setting"], b["setting"]],
             }
     return None
 
 
-def equal_l0(rows: list[dict], target: float | None) -> dict | None:
-    """geomsae's and SAELens' L1 sweeps compared at one L0 both cover."""
+def equal_l0(rows: list[dict], target: float | None) -> list[dict]:
+    """geomsae's and SAELens' L1 sweeps compared at equal L0: at the L0 of every SAELens sweep
+    point inside geomsae's range (geomsae interpolated), and at ``target`` or the geometric
+    mean of the range both cover (both interpolated)."""
     ours = [r for r in rows if r["family"] == "l1_geomsae"]
     theirs = [r for r in rows if r["family"] == "l1_saelens"]
-    if len(ours) < 2 or len(theirs) < 2:
-        return None
+    if len(ours) < 2 or not theirs:
+        return []
     lo = max(min(r["l0"] for r in ours), min(r["l0"] for r in theirs))
     hi = min(max(r["l0"] for r in ours), max(r["l0"] for r in theirs))
-    if target is None:
-        if lo > hi:
-            return {"error": f"the sweeps' L0 ranges do not overlap ({lo:.0f} > {hi:.0f}); "
-                             "widen --l1-geomsae / --l1-saelens"}  # fmt: skip
+    if target is None and lo <= hi and len(theirs) >= 2:
         target = float(np.sqrt(lo * hi))
-    g, s = at_l0(ours, target), at_l0(theirs, target)
-    if g is None or s is None:
-        return {"error": f"L0 {target:.0f} is outside a sweep's range"}
-    return {"l0": target, "geomsae": g, "saelens": s,
-            "speedup": g["tokens_per_s"] / s["tokens_per_s"]}  # fmt: skip
+    keys = ("l0", "fvu", "tokens_per_s", "last_quarter_tokens_per_s",
+            "executed_fraction_of_matmul", "dead_fraction")  # fmt: skip
+    points = [(r["l0"], {k: r.get(k) for k in keys} | {"between": [r["setting"]]}) for r in theirs]
+    if target is not None:
+        points.append((target, at_l0(theirs, target)))
+    out = []
+    for l0, s in sorted(points, key=lambda p: p[0]):
+        g = at_l0(ours, l0)
+        if g is None or s is None:
+            continue
+        out.append({"l0": l0, "geomsae": g, "saelens": s,
+                    "speedup": g["tokens_per_s"] / s["tokens_per_s"],
+                    "last_quarter_speedup": g["last_quarter_tokens_per_s"]
+                    / s["last_quarter_tokens_per_s"]})  # fmt: skip
+    return out
 
 
 def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
@@ -369,21 +384,23 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
             print(f"{name}: geomsae/SAELens tokens/s = {r['speedup']:.2f}x; FVU "
                   f"{r['fvu_geomsae']:.4f} vs {r['fvu_saelens']:.4f}; L0 {r['l0_geomsae']:.1f} "
                   f"vs {r['l0_saelens']:.1f}")  # fmt: skip
-    eq = report["l1_at_equal_l0"]
-    if eq is not None and "error" in eq:
-        print(f"l1_at_equal_l0: {eq['error']}")
-    elif eq is not None:
-        g, s, share = eq["geomsae"], eq["saelens"], "executed_fraction_of_matmul"
-        print(f"l1_at_equal_l0 (L0 {eq['l0']:.0f}, interpolated): geomsae/SAELens tokens/s = "
-              f"{eq['speedup']:.2f}x ({g['tokens_per_s']:.0f} vs {s['tokens_per_s']:.0f}); FVU "
-              f"{g['fvu']:.4f} vs {s['fvu']:.4f}; executed share of the matmul rate "
-              f"{g[share]:.0%} vs {s[share]:.0%}")  # fmt: skip
+    share = "executed_fraction_of_matmul"
+    if report["l1_at_equal_l0"] == [] and any(r["family"] == "l1_geomsae" for r in rows):
+        print("l1_at_equal_l0: no L0 covered by both sweeps; widen --l1-geomsae / --l1-saelens")
+    for eq in report["l1_at_equal_l0"]:
+        g, s = eq["geomsae"], eq["saelens"]
+        print(f"l1 at L0 {eq['l0']:.0f} (SAELens {', '.join(s['between'])}): geomsae/SAELens "
+              f"tokens/s = {eq['speedup']:.2f}x ({g['tokens_per_s']:.0f} vs "
+              f"{s['tokens_per_s']:.0f}; last quarter of the steps "
+              f"{eq['last_quarter_speedup']:.2f}x); FVU {g['fvu']:.4f} vs {s['fvu']:.4f}; "
+              f"executed share of the matmul rate {g[share]:.0%} vs {s[share]:.0%}")  # fmt: skip
     return report
 
 
 def markdown(rows: list[dict]) -> str:
-    keys = ["library", "setting", "tokens_per_s", "l0", "fvu", "dead_fraction",
-            "dense_equiv_gflops", "executed_gflops", "executed_fraction_of_matmul"]  # fmt: skip
+    keys = ["library", "setting", "tokens_per_s", "last_quarter_tokens_per_s", "l0", "fvu",
+            "dead_fraction", "dense_equiv_gflops", "executed_gflops",
+            "executed_fraction_of_matmul"]  # fmt: skip
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         cells = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
