@@ -1,7 +1,9 @@
 """SAE training speed and quality: geomsae against SAELens on the same real activations.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_sae.py [--tokens 262144] [--steps 40]
-        [--eval-tokens 16384] [--saelens-python /work/saelens-venv/bin/python] [--out DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_sae.py [--only all|topk|l1] [--steps 40]
+        [--threads 1] [--k 32] [--l1-geomsae 2,6,16,40] [--l1-saelens 4,8,16] [--l1-dense A]
+        [--target-l0 L0] [--tokens 262144] [--eval-tokens 16384]
+        [--saelens-python /work/saelens-venv/bin/python] [--out DIR]
 
 Activations: SmolLM2-135M-Instruct (the embedded model), ``blocks.6.hook_resid_post``
 (d_in = 576), from the harvester's cache (filled on first use). The last ``--eval-tokens`` rows
@@ -9,27 +11,39 @@ are held out; every SAE trains on the same batches (4096 tokens, ``--steps`` ste
 rate, warm-up and decay) and all are scored by the same code (:func:`geomsae.sae.evaluate`, FVU
 around the mean) on the held-out rows.
 
-Settings (d_sae = 4608 = 8 x 576): TopK with k = 32, and the standard ReLU SAE with the
-decoder-norm-weighted L1 penalty (same alpha; L0 is reported, since equal alpha need not give
-equal L0). geomsae's TopK runs with its sparse CPU kernels (the default on CPU) and with the
-dense path, which is how the automatic choice was made.
+Settings (d_sae = 4608 = 8 x 576):
+
+* TopK with k = 32 (equal L0 by construction). geomsae's TopK runs with its sparse CPU kernels
+  (the default on CPU) and with the dense path, which is how the automatic choice was made.
+* The standard ReLU SAE with the decoder-norm-weighted L1 penalty. Equal alpha does not give
+  equal L0 (nor does it across libraries), so each library trains a sweep of alphas and the two
+  are compared at equal L0: at the held-out L0 of every SAELens sweep point that lies inside
+  geomsae's range (geomsae's FVU and tokens/s interpolated linearly in log L0 between its two
+  neighbouring sweep points, tokens/s in log scale), and at the geometric mean of the range
+  both cover (``--target-l0`` to choose it). geomsae runs with ``decode="auto"``, so each step
+  picks the sparse kernels or the dense path from its density (early steps, with about half
+  the codes on, are dense); ``--l1-dense A`` adds a dense-path run at alpha A for reference.
+  Tokens/s is reported over the whole run and over its last quarter (by then L0 has fallen,
+  which is the regime of a long run).
 
 Timing. The machine is shared, so its load drifts by several times within minutes; timing the
 libraries one after the other measures the drift, not the code. Everything therefore runs in
 ONE process that interleaves the SAEs step by step (alternating their order every step), and
-each SAE's time is the sum of its own steps. That process runs in SAELens' virtual environment
-(``sae-lens`` 6.x needs transformer-lens < 4, which conflicts with geomsae's transformer-lens 4;
-create it with ``python3 -m venv /work/saelens-venv && /work/saelens-venv/bin/pip install
-sae-lens torch``) with geomsae on ``PYTHONPATH`` (``geomsae.sae`` needs only torch, numpy,
-safetensors and tqdm). geomsae is stepped through ``geomsae.sae.trainer._Run`` (the unit
-``train_many`` loops over), SAELens through ``SAETrainer.step`` (the unit its ``fit`` loops
-over); setup (initial sample, norm estimation) is excluded for both.
+each SAE's time is the sum of its own steps, on ``--threads`` torch threads. That process runs
+in SAELens' virtual environment (``sae-lens`` 6.x needs transformer-lens < 4, which conflicts
+with geomsae's transformer-lens 4; create it with ``python3 -m venv /work/saelens-venv &&
+/work/saelens-venv/bin/pip install torch==2.13.0 sae-lens``, the CPU torch wheel) with geomsae
+on ``PYTHONPATH`` (``geomsae.sae`` needs only torch, numpy, safetensors and tqdm). geomsae is
+stepped through ``geomsae.sae.trainer._Run`` (the unit ``train_many`` loops over), SAELens
+through ``SAETrainer.step`` (the unit its ``fit`` loops over); setup (initial sample, norm
+estimation) is excluded for both.
 
 Compute: the dense fp32 matmul rate of this machine is measured in the same run (an SAE-shaped
 4096 x 576 x 4608 product, best of 7), and each SAE's rate is reported two ways:
 *dense-equivalent* GFLOP/s (10 d p FLOPs per token: encoder and decoder forward, both weight
-gradients and the code gradient) and *executed* GFLOP/s (for geomsae's sparse TopK path,
-2 d p + 8 k d per token, the rest being O(n k d) gathers).
+gradients and the code gradient) and *executed* GFLOP/s, counted step by step: 10 d p per token
+on a dense step, 2 d p + 8 L0 d on a sparse one (L0 = k for TopK, the batch's L0 for ReLU; the
+rest are O(n L0 d) gathers, scatters and a sampled dense-dense product).
 """
 
 from __future__ import annotations
