@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.spatial.distance import cdist
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -197,6 +198,17 @@ def test_correlation_integral_matches_brute_force():
     radii = np.array([0.5, 1.0, 2.0])
     ours = correlation_integral(torch.tensor(X), torch.tensor(radii)).numpy()
     np.testing.assert_allclose(ours, [(D < r).sum() / (120 * 119) for r in radii], atol=1e-12)
+
+
+def test_correlation_integral_from_the_radius_graph_matches_brute_force():
+    # n >= 2000 with few pairs in reach: counted from the (projected) radius graph
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2400, 3)) @ rng.normal(size=(3, 40)) + 0.01 * rng.normal(size=(2400, 40))
+    D = cdist(X, X)
+    np.fill_diagonal(D, np.inf)
+    radii = np.quantile(D[:200, :], [1e-3, 4e-3])
+    ours = correlation_integral(torch.tensor(X), torch.tensor(radii)).numpy()
+    np.testing.assert_allclose(ours, [(D < r).sum() / (2400 * 2399) for r in radii], atol=1e-15)
 
 
 def test_eigenvalue_rules():

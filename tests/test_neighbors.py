@@ -301,3 +301,17 @@ def test_property_grouped_selection_is_topk(b, n, c, ties, seed):
     assert torch.equal(torch.sort(vals, 1).values, ref)  # the same multiset of values
     assert torch.equal(d2.gather(1, idx), vals)  # at the positions it names
     assert all(len(set(r.tolist())) == c for r in idx)  # distinct columns
+
+
+@pytest.mark.parametrize("cap", [None, 3])
+def test_projected_radius_graph_equals_brute_force(cap):
+    X = _low_rank(1200, seed=7, shift=20.0)
+    X[5] = X[9]  # a duplicate: an explicit zero in both graphs
+    r = float(np.median(knn(X, 8).distances[:, -1]))
+    a = radius_neighbors(X, r, max_neighbors=cap, method="brute")
+    b = radius_neighbors(X, r, max_neighbors=cap, method="projected")
+    assert a.nnz == b.nnz and b.has_sorted_indices
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-12)
+    assert b[5, 9] == 0.0 and (b[5].indices == 9).any()

@@ -4,7 +4,9 @@ The correlation integral ``C(r)`` -- the fraction of pairs of distinct points cl
 ``r`` -- scales as ``r^d`` at small ``r``; the estimate is the least-squares slope of
 ``log C(r)`` against ``log r`` over ``n_radii`` log-spaced radii between the median
 ``k1``-th and median ``k2``-th neighbour distances (``n_radii=2`` is the two-point slope that
-scikit-dimension's ``CorrInt`` uses). Pairs are counted exactly, block by block, in
+scikit-dimension's ``CorrInt`` uses). Pairs are counted exactly: from the radius graph at
+the largest radius when a sample says it is small (the projected screen of
+:mod:`geomsae.neighbors` then finds it in far less than ``O(n^2 D)``), else block by block in
 ``O(n^2 D)`` time and ``O(block * n)`` memory.
 
 Pointwise, the local correlation dimension at x is the slope of ``log j`` against
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from geomsae.dimension.base import IDEstimator, check_n_neighbors
-from geomsae.neighbors import DEFAULT_MEMORY_BYTES, knn
+from geomsae.neighbors import DEFAULT_MEMORY_BYTES, knn, radius_neighbors
 
 __all__ = ["CorrelationDimension", "correlation_dimension", "correlation_integral"]
 
@@ -46,6 +48,11 @@ def correlation_integral(X: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     Xc = X - X.mean(0)
     sq = (Xc * Xc).sum(1)
     r2 = radii.to(X) ** 2
+    if _few_pairs(Xc, sq, float(r2.max())):
+        # the radius graph at the largest radius (exact; projected screen where it pays)
+        d = torch.from_numpy(radius_neighbors(Xc, float(radii.max())).data).to(X)
+        counts = torch.stack([(d < r).sum() for r in radii.to(X)]).to(torch.float64)
+        return counts / (n * (n - 1))
     counts = torch.zeros(len(radii), dtype=torch.float64, device=X.device)
     bs = max(1, DEFAULT_MEMORY_BYTES // (16 * n))
     for start in range(0, n, bs):
@@ -58,6 +65,21 @@ def correlation_integral(X: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
         for j in range(len(radii)):
             counts[j] += (S < thresh[:, j : j + 1]).sum()
     return counts / (n * (n - 1))
+
+
+def _few_pairs(Xc: torch.Tensor, sq: torch.Tensor, r2_max: float, per_row: int = 256) -> bool:
+    """Whether an evenly spaced sample of 64 rows has at most ``per_row`` pairs within reach.
+
+    Then the pairs fit in memory as a radius graph (``n * per_row`` entries at most, about),
+    which the projected screen of :mod:`geomsae.neighbors` finds far faster than the
+    ``O(n^2 D)`` count.
+    """
+    n = Xc.shape[0]
+    if n < 2000 or Xc.is_cuda:
+        return False
+    rows = torch.linspace(0, n - 1, 64, device=Xc.device).round().long()
+    d2 = sq[rows, None] + sq[None, :] - 2.0 * (Xc[rows] @ Xc.T)
+    return float((d2 < r2_max).sum(1).double().mean()) <= per_row
 
 
 def _slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ __all__ = [
     "brute_knn",
     "exclude_self",
     "refine",
+    "refine_pairs",
     "Screen",
     "smallest",
     "sort_rows",
@@ -76,37 +77,57 @@ class Reference:
         return self.X.shape[0]
 
 
-def _pair_dots(Qc: torch.Tensor, R: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``dots[i, j] = Qc[i] . R[idx[i, j]]`` for a (b, c) block of candidate indices.
+def _csr_dots(
+    Qc: torch.Tensor, R: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """``Qc[i] . R[cols[p]]`` for the pairs ``p`` of row ``i`` (CSR: ``crow[i] <= p < crow[i+1]``).
 
     On CPU a sampled dense-dense product (``torch.sparse.sampled_addmm`` on the CSR pattern of
-    the candidates) reads each candidate row once without materialising the (b, c, D) gather,
-    ~2-5x faster than ``index_select`` + ``bmm`` at D = 576; on GPUs the gather is used.
+    the pairs) reads each candidate row once without materialising a (pairs, D) gather,
+    ~2-5x faster than ``index_select`` + a batched product at D = 576; on GPUs the gather is
+    used.
     """
-    b, c = idx.shape
-    if Qc.device.type == "cpu" and b * c > 0:
-        crow = torch.arange(0, b * c + 1, c, device=idx.device, dtype=torch.int64)
+    if cols.numel() == 0:
+        return torch.zeros(0, dtype=Qc.dtype, device=Qc.device)
+    if Qc.device.type == "cpu":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             pattern = torch.sparse_csr_tensor(
-                crow, idx.reshape(-1), torch.zeros(b * c, dtype=Qc.dtype), size=(b, R.shape[0]),
-                check_invariants=False,
+                crow, cols, torch.zeros(cols.numel(), dtype=Qc.dtype),
+                size=(Qc.shape[0], R.shape[0]), check_invariants=False,
             )  # fmt: skip
-            out = torch.sparse.sampled_addmm(pattern, Qc, R.T)
-        return out.values().view(b, c)
-    Rc = torch.index_select(R, 0, idx.reshape(-1)).view(b, c, -1)  # (b, c, D)
-    return torch.bmm(Rc, Qc[:, :, None])[..., 0]
+            return torch.sparse.sampled_addmm(pattern, Qc, R.T).values()
+    rows = torch.repeat_interleave(torch.diff(crow))
+    return (torch.index_select(R, 0, cols) * Qc[rows]).sum(1)
 
 
-def refine(Qc: torch.Tensor, ref: Reference, idx: torch.Tensor) -> torch.Tensor:
-    """Float64 distances between each centred query row and its candidate rows ``ref.X[idx]``.
+def refine_pairs(
+    Qc: torch.Tensor, ref: Reference, crow: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """Float64 distances of CSR pairs (row ``i`` of ``Qc``, centred; reference row ``cols[p]``).
 
     The expansion ``|q|^2 + |r|^2 - 2 q.r`` in float64 is accurate to ~1e-16 of the squared
     norms; pairs where that is not enough (squared distance below 1e-8 of the squared norms:
     near-duplicates) are recomputed directly as ``|q - r|``, so duplicates come out as exactly 0.
     """
-    d2 = ((Qc * Qc).sum(1)[:, None] + ref.sq[idx] - 2.0 * _pair_dots(Qc, ref.X, idx)).clamp_min(0)
-    return fix_close(Qc, ref, idx, d2)
+    rows = torch.repeat_interleave(torch.arange(Qc.shape[0], device=Qc.device), torch.diff(crow))
+    q_sq = (Qc * Qc).sum(1)[rows]
+    d2 = (q_sq + ref.sq[cols] - 2.0 * _csr_dots(Qc, ref.X, crow, cols)).clamp_min(0)
+    close = d2 < 1e-8 * (q_sq + ref.sq[cols])
+    if bool(close.any()):
+        p = torch.nonzero(close).flatten()
+        d2[p] = ((ref.X[cols[p]] - Qc[rows[p]]) ** 2).sum(1)
+    return torch.sqrt(d2)
+
+
+def refine(Qc: torch.Tensor, ref: Reference, idx: torch.Tensor) -> torch.Tensor:
+    """Float64 distances between each centred query row and its candidate rows ``ref.X[idx]``.
+
+    ``idx`` has shape (b, c); see :func:`refine_pairs` for the accuracy.
+    """
+    b, c = idx.shape
+    crow = torch.arange(0, b * c + 1, c, device=idx.device, dtype=torch.int64)
+    return refine_pairs(Qc, ref, crow, idx.reshape(-1)).view(b, c)
 
 
 def fix_close(
@@ -177,6 +198,15 @@ class Screen:
 
         ``self_b[i]`` (if given) is excluded from row ``i``.
         """
+        d2 = self.shifted(Qs, self_b)
+        vals, cand = smallest(d2, c)
+        return vals + (Qs * Qs).sum(1)[:, None], cand
+
+    def shifted(self, Qs: torch.Tensor, self_b: torch.Tensor | None = None) -> torch.Tensor:
+        """``|r|^2 - 2 q.r`` for every pair, shape (b, n_ref): squared distances minus ``|q|^2``.
+
+        ``self_b[i]`` (if given) is set to +inf in row ``i``.
+        """
         if self.folded:
             ones = torch.ones(Qs.shape[0], 1, dtype=Qs.dtype, device=Qs.device)
             d2 = torch.cat([Qs, ones], 1) @ self.R_aug  # (b, n_ref)
@@ -184,8 +214,7 @@ class Screen:
             d2 = torch.addmm(self.r_sq[None, :], Qs, self.Rs.T, alpha=-2.0)  # (b, n_ref)
         if self_b is not None:
             d2[torch.arange(Qs.shape[0], device=d2.device), self_b] = math.inf
-        vals, cand = smallest(d2, c)
-        return vals + (Qs * Qs).sum(1)[:, None], cand
+        return d2
 
 
 _TOPK_ROW = 512  # torch.topk on CPU is ~4x slower per entry on rows longer than ~600

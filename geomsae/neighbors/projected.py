@@ -38,12 +38,13 @@ from geomsae.neighbors.brute import (
     brute_knn,
     exclude_self,
     refine,
+    refine_pairs,
     sort_rows,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProjectionPlan", "plan", "projected_knn"]
+__all__ = ["ProjectionPlan", "plan", "plan_radius", "projected_knn", "projected_radius"]
 
 # Relative costs of the kernels, in units of one float32 multiply-add inside a large matrix
 # product, measured with one thread on a 2-core x86-64 CPU at D = 576: the screen's per-pair
@@ -53,7 +54,7 @@ _SCREEN_PER_PAIR = 30.0
 _REFINE_PER_MAC = 30.0
 _MAX_COMPONENTS = 64
 _SAMPLE_QUERIES = 64
-_BASIS_ROWS = 2048
+_BASIS_ROWS = 1024
 _MIN_GAIN = 1.5  # use the projection only when predicted at least this much cheaper
 
 
@@ -92,7 +93,7 @@ def _basis(ref: Reference, n_max: int) -> torch.Tensor:
     """Orthonormal (n_max, D) basis: principal directions of an evenly spaced row sample.
 
     Any orthonormal basis gives a valid bound; the principal directions make it tight. A
-    randomized range finder with two power iterations on at most ``_BASIS_ROWS`` rows, in
+    randomized range finder with one power iteration on at most ``_BASIS_ROWS`` rows, in
     float32, then re-orthonormalised in float64 (orthonormality matters for the bound).
     """
     X = ref.X
@@ -101,9 +102,7 @@ def _basis(ref: Reference, n_max: int) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(0)
     q = min(n_max + 10, S.shape[0], S.shape[1])
     Y = S @ torch.randn(S.shape[1], q, generator=gen).to(S.device)
-    for _ in range(2):
-        Y = torch.linalg.qr(Y).Q
-        Y = S @ (S.T @ Y)
+    Y = S @ (S.T @ torch.linalg.qr(Y).Q)  # one power iteration
     Y = torch.linalg.qr(Y).Q
     _, _, Vh = torch.linalg.svd(Y.T @ S, full_matrices=False)
     return torch.linalg.qr(Vh[:n_max].T.double()).Q.T.contiguous()
@@ -129,6 +128,63 @@ def _grid(n_max: int) -> list[int]:
     return [m for m in (2, 4, 6, 8, 12, 16, 24, 32, 48, 64) if m < n_max] + [n_max]
 
 
+class _BoundCounter:
+    """For a sample of queries, counts the points that the m-component bound cannot exclude.
+
+    The principal coordinates are computed in chunks of 16 columns, only as far as the calls
+    to :meth:`counts` (with non-decreasing ``m``) reach.
+    """
+
+    def __init__(
+        self, Qs: torch.Tensor, self_s: torch.Tensor | None, ref: Reference, Vt: torch.Tensor
+    ) -> None:
+        self.Qs, self.self_s, self.ref, self.Vt = Qs, self_s, ref, Vt
+        s, n, dev = Qs.shape[0], ref.n, Qs.device
+        self.part = torch.zeros(s, n, device=dev)  # sum_{l<m} (dp_l)^2 (float32: only counted)
+        self.P = torch.empty(n, 0, dtype=torch.float64, device=dev)
+        self.Pq = torch.empty(s, 0, dtype=torch.float64, device=dev)
+        self.p_sq = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.pq_sq = torch.zeros(s, dtype=torch.float64, device=dev)
+        self.q_sq = (Qs * Qs).sum(1)
+        self.done = 0
+
+    def counts(self, m: int, u2: torch.Tensor) -> torch.Tensor:
+        """Sorted counts of points with bound <= ``u2[i]`` for each sampled query ``i``."""
+        ref = self.ref
+        if m > self.P.shape[1]:
+            hi = min(self.Vt.shape[0], max(m, self.P.shape[1] + 16))
+            W = self.Vt[self.P.shape[1] : hi].T.contiguous()
+            self.P = torch.cat([self.P, ref.X @ W], 1)
+            self.Pq = torch.cat([self.Pq, self.Qs @ W], 1)
+        b, a = self.P[:, self.done : m], self.Pq[:, self.done : m]
+        self.p_sq += (b * b).sum(1)
+        self.pq_sq += (a * a).sum(1)
+        self.part += ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)).float()
+        self.done = m
+        # residual norms by subtraction: fine for counting (the search uses exact ones)
+        rq = torch.sqrt((self.q_sq - self.pq_sq).clamp_min(0)).float()
+        rr = torch.sqrt((ref.sq - self.p_sq).clamp_min(0)).float()
+        lb2 = torch.sub(rq[:, None], rr[None, :]).square_().add_(self.part)
+        if self.self_s is not None:
+            lb2[torch.arange(len(lb2), device=lb2.device), self.self_s] = math.inf
+        return (lb2 <= u2.float()[:, None]).sum(1).sort().values
+
+    def coordinates(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's first ``m`` coordinates and exact squared residual norms."""
+        P = self.P[:, :m].contiguous()
+        res = torch.addmm(self.ref.X, P, self.Vt[:m], alpha=-1.0)  # explicit: exact norms
+        return P, (res * res).sum(1)
+
+
+def _sample(
+    Q: torch.Tensor, self_idx: torch.Tensor | None, ref: Reference
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Evenly spaced sample of the queries: (uncentred rows, their self indices, positions)."""
+    s = min(_SAMPLE_QUERIES, Q.shape[0])
+    pick = torch.linspace(0, Q.shape[0] - 1, s, device=Q.device).round().long()
+    return Q[pick], None if self_idx is None else self_idx[pick], pick
+
+
 def plan(
     Q: torch.Tensor,
     self_idx: torch.Tensor | None,
@@ -146,38 +202,17 @@ def plan(
     n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
     if n_max < 1:
         return None
-    Vt = _basis(ref, n_max)
-    s = min(_SAMPLE_QUERIES, Q.shape[0])
-    pick = torch.linspace(0, Q.shape[0] - 1, s, device=Q.device).round().long()
-    Qs = Q[pick] - ref.mu
-    self_s = None if self_idx is None else self_idx[pick]
-    u, _ = brute_knn(Q[pick], self_s, ref, k, screen_dtype=torch.float32)
+    Qs, self_s, _ = _sample(Q, self_idx, ref)
+    u, _ = brute_knn(Qs, self_s, ref, k, screen_dtype=torch.float32)
     u2 = u[:, -1] ** 2 * (1 + 1e-9)  # (s,) exact k-th squared distances
+    counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
+    s = Qs.shape[0]
     brute_cost = n * (D + _SCREEN_PER_PAIR)
     fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
     best: tuple[float, int, int, float] | None = None
-    part = torch.zeros(s, n, device=Q.device)  # sum_{l<m} (dp_l)^2 (float32: only counted)
-    cols: list[torch.Tensor] = []
-    p_sq = torch.zeros(n, dtype=torch.float64, device=Q.device)
-    pq_sq = torch.zeros(s, dtype=torch.float64, device=Q.device)
-    q_sq = (Qs * Qs).sum(1)
-    done, last_median = 0, math.inf
+    last_median = math.inf
     for m in _grid(n_max):
-        # the principal coordinates are computed as far as the grid gets
-        b, a = ref.X @ Vt[done:m].T, Qs @ Vt[done:m].T
-        cols.append(b)
-        p_sq += (b * b).sum(1)
-        pq_sq += (a * a).sum(1)
-        part += ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)).float()
-        done = m
-        # residual norms by subtraction: fine for counting (the search uses exact ones)
-        rq = torch.sqrt((q_sq - pq_sq).clamp_min(0)).float()
-        rr = torch.sqrt((ref.sq - p_sq).clamp_min(0)).float()
-        lb2 = torch.sub(rq[:, None], rr[None, :]).square_().add_(part)
-        if self_s is not None:
-            lb2[torch.arange(s, device=Q.device), self_s] = math.inf
-        # points the bound cannot exclude
-        counts = (lb2 <= u2.float()[:, None]).sum(1).sort().values
+        counts = counter.counts(m, u2)
         # c = counts[j] certifies the sample's j + 1 best-bounded queries; the rest fall back
         c_j = counts.clamp_min(k).double()
         screen_cost = n * (max(m + 1, 8) + _SCREEN_PER_PAIR)
@@ -196,9 +231,78 @@ def plan(
     logger.debug("projection plan: m=%d c=%d certified=%.2f speedup=%.1f", m, c, certified, speedup)
     if speedup < _MIN_GAIN and not force:
         return None
-    P = torch.cat(cols, 1)[:, :m].contiguous()
-    res = torch.addmm(ref.X, P, Vt[:m], alpha=-1.0)  # explicit residuals: exact norms
-    return ProjectionPlan(m, c, certified, speedup, Vt[:m].contiguous(), P, (res * res).sum(1))
+    P, res = counter.coordinates(m)
+    return ProjectionPlan(m, c, certified, speedup, counter.Vt[:m].contiguous(), P, res)
+
+
+def plan_radius(
+    Q: torch.Tensor,
+    self_idx: torch.Tensor | None,
+    ref: Reference,
+    radius: float,
+    *,
+    force: bool = False,
+) -> ProjectionPlan | None:
+    """Choose ``m`` for :func:`projected_radius` on a sample of the queries, or None.
+
+    ``n_candidates`` of the plan is the predicted mean number of pairs per query that the bound
+    cannot exclude (all of them are measured exactly).
+    """
+    n, D = ref.X.shape
+    n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
+    if n_max < 1:
+        return None
+    Qs, self_s, _ = _sample(Q, self_idx, ref)
+    u2 = torch.full((Qs.shape[0],), radius**2 * (1 + 1e-9), dtype=torch.float64, device=Q.device)
+    counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
+    brute_cost = n * (D + _SCREEN_PER_PAIR)
+    best: tuple[float, int, float] | None = None
+    last = math.inf
+    for m in _grid(n_max):
+        mean = float(counter.counts(m, u2).double().mean())
+        cost = n * (max(m + 1, 8) + _SCREEN_PER_PAIR) + mean * D * _REFINE_PER_MAC
+        if best is None or cost < best[0]:
+            best = (cost, m, mean)
+        if m >= 8 and mean >= 0.97 * last:
+            break
+        last = mean
+    assert best is not None
+    cost, m, mean = best
+    speedup = brute_cost / cost
+    logger.debug("radius projection plan: m=%d pairs/query=%.1f speedup=%.1f", m, mean, speedup)
+    if speedup < _MIN_GAIN and not force:
+        return None
+    P, res = counter.coordinates(m)
+    return ProjectionPlan(m, math.ceil(mean), 1.0, speedup, counter.Vt[:m].contiguous(), P, res)
+
+
+class _ZSpace:
+    """The z-space points of the reference and of the queries, and the float32 screen."""
+
+    def __init__(
+        self, Q: torch.Tensor, self_idx: torch.Tensor | None, ref: Reference, chosen: ProjectionPlan
+    ) -> None:
+        m = chosen.n_components
+        Zr = _z(chosen.coordinates, chosen.residual_sq, m)
+        self.Qc = Q - ref.mu
+        everyone = torch.arange(ref.n, device=Q.device)
+        if self_idx is not None and Q.shape[0] == ref.n and torch.equal(self_idx, everyone):
+            Zq = Zr
+        else:
+            Zq = _z(*_coordinates(self.Qc, chosen.basis), m)
+        shift = Zr.mean(0)  # centring z keeps the float32 screen's rounding error small
+        Zr = Zr - shift
+        self.Zq = Zq - shift
+        self.screen = Screen(Zr.float(), (Zr * Zr).sum(1).float())
+        self.x_max = float(ref.sq.max())
+
+    def bound(self, Zq: torch.Tensor, Qc: torch.Tensor) -> torch.Tensor:
+        """Bound on |screened - exact| squared lower bound, per query row.
+
+        The float32 z-product, and the float64 projection, residual and basis (worst case
+        ~1e-11 of the squared norms at D = 576; 1e-9 leaves a wide margin).
+        """
+        return self.screen.error_bound((Zq * Zq).sum(1)) + 1e-9 * ((Qc * Qc).sum(1) + self.x_max)
 
 
 def projected_knn(
@@ -216,32 +320,18 @@ def projected_knn(
     -------
     distances, indices : tensors of shape (n_queries, k), float64 and int64, rows sorted.
     """
-    m, c = chosen.n_components, chosen.n_candidates
-    Vt = chosen.basis
-    Zr = _z(chosen.coordinates, chosen.residual_sq, m)
-    Qc_all = Q - ref.mu
-    everyone = torch.arange(ref.n, device=Q.device)
-    if self_idx is not None and Q.shape[0] == ref.n and torch.equal(self_idx, everyone):
-        Zq_all = Zr
-    else:
-        Zq_all = _z(*_coordinates(Qc_all, Vt), m)
-    shift = Zr.mean(0)  # centring z keeps the float32 screen's rounding error small
-    Zr = Zr - shift
-    zscreen = Screen(Zr.float(), (Zr * Zr).sum(1).float())
-    x_max = float(ref.sq.max())
+    c = chosen.n_candidates
+    z = _ZSpace(Q, self_idx, ref, chosen)
     # small blocks keep the (b, n) screen block in cache (64 rows: fastest at n = 5000-20000)
     bs = block_size or min(64, block_rows(ref.n, c * (ref.X.shape[1] + 4), None))
     dists, inds, failed = [], [], []
     for start in range(0, Q.shape[0], bs):
-        Qc = Qc_all[start : start + bs]
-        Zq = Zq_all[start : start + bs] - shift
+        Qc = z.Qc[start : start + bs]
+        Zq = z.Zq[start : start + bs]
         self_b = None if self_idx is None else self_idx[start : start + bs]
-        vals, cand = zscreen.nearest(Zq.float(), self_b, c)
+        vals, cand = z.screen.nearest(Zq.float(), self_b, c)
         exact, cand = sort_rows(exclude_self(refine(Qc, ref, cand), cand, self_b), cand)
-        # rounding: the float32 z-product, and the float64 projection and residual (relative
-        # 1e-11 of the squared norms covers their D * eps64 error)
-        bound = zscreen.error_bound((Zq * Zq).sum(1)) + 1e-11 * ((Qc * Qc).sum(1) + x_max)
-        ok = exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound
+        ok = exact[:, k - 1] ** 2 < vals.max(1).values.double() - z.bound(Zq, Qc)
         failed.append(start + torch.nonzero(~ok).flatten())
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
@@ -259,3 +349,47 @@ def projected_knn(
         dtype = torch.float32 if (wide or Q.is_cuda) else torch.float64
         D[bad], I[bad] = brute_knn(Q[bad], sb, ref, k, screen_dtype=dtype)
     return D, I
+
+
+def projected_radius(
+    Q: torch.Tensor,
+    self_idx: torch.Tensor | None,
+    ref: Reference,
+    radius: float,
+    chosen: ProjectionPlan,
+    *,
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All pairs within ``radius`` (``|q_i - r_j| <= radius``) by the z-space screen.
+
+    Every pair whose screened lower bound, less its rounding bound, is at most ``radius`` is
+    measured exactly, so no pair within ``radius`` is missed.
+
+    Returns
+    -------
+    rows, cols, distances : flat tensors (int64, int64, float64), ordered by row and then by
+        column; ``self_idx[i]`` (if given) is never a neighbour of query ``i``.
+    """
+    z = _ZSpace(Q, self_idx, ref, chosen)
+    bs = block_size or 64
+    rows_all, cols_all, dist_all = [], [], []
+    for start in range(0, Q.shape[0], bs):
+        Qc = z.Qc[start : start + bs]
+        Zq = z.Zq[start : start + bs]
+        self_b = None if self_idx is None else self_idx[start : start + bs]
+        Zq32 = Zq.float()
+        d2 = z.screen.shifted(Zq32, self_b)  # z-space squared distances minus |z_q|^2
+        limit = radius**2 + z.bound(Zq, Qc) - (Zq32 * Zq32).sum(1).double()
+        r, c = torch.nonzero(d2 <= limit.float()[:, None], as_tuple=True)
+        del d2
+        crow = torch.zeros(Qc.shape[0] + 1, dtype=torch.long, device=Q.device)
+        crow[1:] = torch.cumsum(torch.bincount(r, minlength=Qc.shape[0]), 0)
+        dist = refine_pairs(Qc, ref, crow, c)
+        keep = dist <= radius
+        rows_all.append(start + r[keep])
+        cols_all.append(c[keep])
+        dist_all.append(dist[keep])
+    if not rows_all:
+        e = torch.empty(0, dtype=torch.long, device=Q.device)
+        return e, e, torch.empty(0, dtype=torch.float64, device=Q.device)
+    return torch.cat(rows_all), torch.cat(cols_all), torch.cat(dist_all)

@@ -10,8 +10,10 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from geomsae.neighbors.brute import block_rows
+from geomsae.neighbors.brute import Reference, block_rows
 from geomsae.neighbors.checks import as_tensor, check_points
+from geomsae.neighbors.projected import plan_radius, projected_radius
+from geomsae.neighbors.search import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ def radius_neighbors(
     *,
     max_neighbors: int | None = None,
     block_size: int | None = None,
+    method: str = "auto",
     device: str | torch.device | None = None,
 ) -> scipy.sparse.csr_matrix:
     """All pairs closer than ``radius``, as a sparse matrix of distances.
@@ -39,6 +42,12 @@ def radius_neighbors(
         symmetric. A warning is logged when the cap truncates any row.
     block_size : int, optional
         Rows per block (default: about 256 MiB of work space).
+    method : {"auto", "brute", "projected"}
+        As in :func:`geomsae.neighbors.knn`; all give the same graph. ``"projected"`` measures
+        exactly every pair whose certified lower bound (top principal directions plus the
+        residual norm) is within ``radius``; ``"auto"`` plans it on a sample of rows on CPU
+        (``n_samples >= 2000``, ``n_features >= 32``) and uses it when predicted at least 1.5x
+        cheaper.
     device : str or torch.device, optional
         Where to compute; default the input's device.
 
@@ -59,6 +68,20 @@ def radius_neighbors(
     if max_neighbors is not None and (max_neighbors < 1):
         raise ValueError(f"max_neighbors must be >= 1; got {max_neighbors!r}")
     cap = n - 1 if max_neighbors is None else min(int(max_neighbors), n - 1)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    chosen = None
+    if method == "projected" or (
+        method == "auto" and not Xt.is_cuda and n >= 2000 and Xt.shape[1] >= 32
+    ):
+        ref = Reference.of(Xt)
+        everyone = torch.arange(n, device=Xt.device)
+        chosen = plan_radius(Xt, everyone, ref, radius, force=method == "projected")
+    if chosen is not None:
+        r, c, v = projected_radius(Xt, everyone, ref, radius, chosen, block_size=block_size)
+        if max_neighbors is not None:
+            r, c, v = _cap_rows(r, c, v, n, cap)
+        return _csr(r, c, v, n)
     bs = block_rows(n, 2 * Xt.shape[1], block_size)
     x_sq = (Xt * Xt).sum(1)
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
@@ -89,9 +112,31 @@ def radius_neighbors(
         logger.warning(
             "radius_neighbors: max_neighbors=%d truncated %d of %d rows", cap, truncated, n
         )
-    r = torch.cat(rows_all).cpu().numpy()
-    c = torch.cat(cols_all).cpu().numpy()
-    v = torch.cat(vals_all).cpu().numpy()
+    return _csr(torch.cat(rows_all), torch.cat(cols_all), torch.cat(vals_all), n)
+
+
+def _cap_rows(
+    r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n: int, cap: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the ``cap`` closest pairs of each row (ties by column), in (row, column) order."""
+    counts = torch.bincount(r, minlength=n)
+    if not bool((counts > cap).any()):
+        return r, c, v
+    logger.warning(
+        "radius_neighbors: max_neighbors=%d truncated %d of %d rows",
+        cap, int((counts > cap).sum()), n,
+    )  # fmt: skip
+    order = torch.from_numpy(np.lexsort((c.cpu().numpy(), v.cpu().numpy(), r.cpu().numpy())))
+    order = order.to(r.device)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(r), device=r.device) - starts[r[order]]
+    kept = order[rank < cap].sort().values  # back to (row, column) order
+    return r[kept], c[kept], v[kept]
+
+
+def _csr(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n: int) -> scipy.sparse.csr_matrix:
+    """The (n, n) CSR matrix of pairs given in (row, column) order."""
+    r, c, v = r.cpu().numpy(), c.cpu().numpy(), v.cpu().numpy()
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
     G = scipy.sparse.csr_matrix((v, c.astype(np.int64), indptr), shape=(n, n))
