@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from geomsae.dimension.base import IDEstimator, check_n_neighbors
@@ -181,10 +182,15 @@ class LocalPCA(IDEstimator):
         if self.n_neighbors is not None:
             k = check_n_neighbors(self.n_neighbors, X.shape[0])
             return float(self._pointwise(X, k).mean())
-        Y = X - X.mean(0)
-        n, D = Y.shape
-        G = Y @ Y.T if n <= D else Y.T @ Y
-        lam = torch.linalg.eigvalsh(G / (n - 1)).flip(-1)
+        n, D = X.shape
+        if X.is_cuda:
+            Y = X - X.mean(0)
+            G = Y @ Y.T if n <= D else Y.T @ Y
+            lam = torch.linalg.eigvalsh(G / (n - 1)).flip(-1)
+        else:  # numpy's BLAS forms A^T A as a symmetric rank-k update: ~2x torch's product
+            Y = X.numpy() - X.numpy().mean(0)
+            G = Y @ Y.T if n <= D else Y.T @ Y
+            lam = torch.from_numpy(np.linalg.eigvalsh(G / (n - 1))[::-1].copy())
         self.eigenvalues_ = lam.cpu().numpy()
         return float(self._count(lam[None])[0])
 
