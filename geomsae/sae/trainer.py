@@ -264,9 +264,11 @@ def train_many(
     compile : bool
         ``torch.compile`` the training steps (CUDA; needs a working compiler toolchain).
     decode : {"auto", "sparse", "dense"}
-        TopK-family training path: sparse gather/``embedding_bag`` kernels or dense matmuls.
-        "auto" is sparse on CPU (about 3x faster there at k/d_sae = 1/144, see
-        ``benchmarks/bench_sae.py``) and dense on CUDA.
+        Training path of the TopK family and the ReLU SAEs (``relu``, ``tied_relu``): sparse
+        gather/``embedding_bag`` kernels (:mod:`geomsae.sae.sparse`) or dense matmuls. "auto"
+        is dense on CUDA; on CPU it is sparse for the TopK family (about 2.4x faster at
+        k/d_sae = 1/144, see ``benchmarks/bench_sae.py``) and, for ReLU SAEs, sparse on the
+        steps where at most ``SPARSE_MAX_DENSITY`` (20%) of the codes are non-zero.
 
     Returns
     -------
