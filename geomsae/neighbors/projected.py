@@ -412,17 +412,22 @@ def projected_radius(
         column; ``self_idx[i]`` (if given) is never a neighbour of query ``i``.
     """
     z = _ZSpace(Q, self_idx, ref, chosen)
-    bs = block_size or 64
+    bs = block_size or 512  # refinement blocks; the screen runs on 64-row sub-blocks
+    sub = min(64, bs)
     rows_all, cols_all, dist_all = [], [], []
     for start in range(0, Q.shape[0], bs):
         Qc = z.Qc[start : start + bs]
-        Zq = z.Zq[start : start + bs]
-        self_b = None if self_idx is None else self_idx[start : start + bs]
-        Zq32 = Zq.float()
-        d2 = z.screen.shifted(Zq32, self_b)  # z-space squared distances minus |z_q|^2
-        limit = radius**2 + z.bound(Zq, Qc) - (Zq32 * Zq32).sum(1).double()
-        r, c = torch.nonzero(d2 <= limit.float()[:, None], as_tuple=True)
-        del d2
+        limit = radius**2 + z.bound(z.Zq[start : start + bs], Qc)
+        rs, cs = [], []
+        for i in range(0, Qc.shape[0], sub):
+            Zq32 = z.Zq[start + i : start + i + sub].float()
+            self_b = None if self_idx is None else self_idx[start + i : start + i + sub]
+            d2 = z.screen.shifted(Zq32, self_b)  # z-space squared distances minus |z_q|^2
+            lim = (limit[i : i + sub] - (Zq32 * Zq32).sum(1).double()).float()
+            r, c = torch.nonzero(d2 <= lim[:, None], as_tuple=True)
+            rs.append(i + r)
+            cs.append(c)
+        r, c = torch.cat(rs), torch.cat(cs)
         crow = torch.zeros(Qc.shape[0] + 1, dtype=torch.long, device=Q.device)
         crow[1:] = torch.cumsum(torch.bincount(r, minlength=Qc.shape[0]), 0)
         dist = refine_pairs(Qc, ref, crow, c)
