@@ -28,6 +28,7 @@ import torch
 
 from geomsae.dimension.base import IDEstimator, check_n_neighbors
 from geomsae.neighbors import DEFAULT_MEMORY_BYTES, knn, radius_neighbors
+from geomsae.neighbors.brute import matmul
 
 __all__ = ["CorrelationDimension", "correlation_dimension", "correlation_integral"]
 
@@ -58,7 +59,7 @@ def correlation_integral(X: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     for start in range(0, n, bs):
         Q = Xc[start : start + bs]
         # |x_j|^2 - 2 x_i.x_j: compare with r^2 - |x_i|^2 instead of forming the distance
-        S = torch.addmm(sq[None, :], Q, Xc.T, alpha=-2.0)  # (b, n)
+        S = matmul(Q, Xc.T).mul_(-2.0).add_(sq)  # (b, n)
         rows = torch.arange(Q.shape[0], device=X.device)
         S[rows, start + rows] = math.inf
         thresh = r2[None, :] - sq[start : start + bs, None]  # (b, n_radii)
@@ -78,7 +79,7 @@ def _few_pairs(Xc: torch.Tensor, sq: torch.Tensor, r2_max: float, per_row: int =
     if n < 2000 or Xc.is_cuda:
         return False
     rows = torch.linspace(0, n - 1, 64, device=Xc.device).round().long()
-    d2 = sq[rows, None] + sq[None, :] - 2.0 * (Xc[rows] @ Xc.T)
+    d2 = sq[rows, None] + sq[None, :] - 2.0 * matmul(Xc[rows], Xc.T)
     return float((d2 < r2_max).sum(1).double().mean()) <= per_row
 
 

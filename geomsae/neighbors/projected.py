@@ -37,6 +37,7 @@ from geomsae.neighbors.brute import (
     block_rows,
     brute_knn,
     exclude_self,
+    matmul,
     refine,
     refine_pairs,
     sort_rows,
@@ -110,8 +111,8 @@ def _basis(ref: Reference, n_max: int) -> torch.Tensor:
 
 def _coordinates(Xc: torch.Tensor, Vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Projections ``P = Xc Vt^T`` and squared residual norms ``|Xc - P Vt|^2`` (explicit)."""
-    P = Xc @ Vt.T
-    res = torch.addmm(Xc, P, Vt, alpha=-1.0)
+    P = matmul(Xc, Vt.T)
+    res = Xc - matmul(P, Vt)
     return P, (res * res).sum(1)
 
 
@@ -154,8 +155,8 @@ class _BoundCounter:
         if m > self.P.shape[1]:
             hi = min(self.Vt.shape[0], max(m, self.P.shape[1] + 16))
             W = self.Vt[self.P.shape[1] : hi].T.contiguous()
-            self.P = torch.cat([self.P, ref.X @ W], 1)
-            self.Pq = torch.cat([self.Pq, self.Qs @ W], 1)
+            self.P = torch.cat([self.P, matmul(ref.X, W)], 1)
+            self.Pq = torch.cat([self.Pq, matmul(self.Qs, W)], 1)
         b, a = self.P[:, self.done : m], self.Pq[:, self.done : m]
         self.p_sq += (b * b).sum(1)
         self.pq_sq += (a * a).sum(1)
@@ -172,7 +173,7 @@ class _BoundCounter:
     def coordinates(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's first ``m`` coordinates and exact squared residual norms."""
         P = self.P[:, :m].contiguous()
-        res = torch.addmm(self.ref.X, P, self.Vt[:m], alpha=-1.0)  # explicit: exact norms
+        res = self.ref.X - matmul(P, self.Vt[:m])  # explicit residuals: exact norms
         return P, (res * res).sum(1)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from geomsae.neighbors.brute import Reference, block_rows
+from geomsae.neighbors.brute import Reference, block_rows, matmul
 from geomsae.neighbors.checks import as_tensor, check_points
 from geomsae.neighbors.projected import plan_radius, projected_radius
 from geomsae.neighbors.search import METHODS
@@ -82,7 +82,7 @@ def radius_neighbors(
         if max_neighbors is not None:
             r, c, v = _cap_rows(r, c, v, n, cap)
         return _csr(r, c, v, n)
-    bs = block_rows(n, 2 * Xt.shape[1], block_size)
+    bs = block_size or min(512, block_rows(n, 2 * Xt.shape[1], None))  # cache-sized blocks
     x_sq = (Xt * Xt).sum(1)
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
     slack = 1e-9 * (float(x_sq.max()) + radius**2) + 1e-300
@@ -91,7 +91,7 @@ def radius_neighbors(
     for start in range(0, n, bs):
         Qb = Xt[start : start + bs]
         b = Qb.shape[0]
-        d2 = x_sq[start : start + bs, None] + x_sq[None, :] - 2.0 * (Qb @ Xt.T)
+        d2 = matmul(Qb, Xt.T).mul_(-2.0).add_(x_sq).add_(x_sq[start : start + bs, None])
         rows = torch.arange(b, device=d2.device)
         d2[rows, start + rows] = math.inf
         within = d2 <= radius**2 + slack
