@@ -365,6 +365,26 @@ def equal_l0(rows: list[dict], target: float | None) -> list[dict]:
     return out
 
 
+def dominating(rows: list[dict]) -> list[dict]:
+    """Pairs (geomsae, SAELens) of L1 SAEs where geomsae's is at least as sparse (L0) *and*
+    at least as accurate (FVU): no interpolation needed to call it no worse."""
+    ours = [r for r in rows if r["family"] == "l1_geomsae"]
+    theirs = [r for r in rows if r["family"] == "l1_saelens"]
+    return [
+        {
+            "geomsae": g["setting"],
+            "saelens": s["setting"],
+            "l0": [g["l0"], s["l0"]],
+            "fvu": [g["fvu"], s["fvu"]],
+            "speedup": g["tokens_per_s"] / s["tokens_per_s"],
+            "last_quarter_speedup": g["last_quarter_tokens_per_s"] / s["last_quarter_tokens_per_s"],
+        }
+        for s in theirs
+        for g in ours
+        if g["l0"] <= s["l0"] and g["fvu"] <= s["fvu"]
+    ]
+
+
 def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
     """Ratios against SAELens, written to ``out/bench_sae.json`` and printed."""
     by_name = {r["name"]: r for r in rows}
@@ -388,6 +408,7 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
         "topk_vs_saelens": ratio("geomsae_topk_sparse", "saelens_topk"),
         "topk_dense_vs_saelens": ratio("geomsae_topk_dense", "saelens_topk"),
         "l1_at_equal_l0": equal_l0(rows, args.target_l0),
+        "l1_dominating": dominating(rows),
     }
     (out / "bench_sae.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(rows))
@@ -401,6 +422,11 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
     share = "executed_fraction_of_matmul"
     if report["l1_at_equal_l0"] == [] and any(r["family"] == "l1_geomsae" for r in rows):
         print("l1_at_equal_l0: no L0 covered by both sweeps; widen --l1-geomsae / --l1-saelens")
+    for d in report["l1_dominating"]:
+        print(f"l1 dominance: geomsae {d['geomsae']} (L0 {d['l0'][0]:.0f}, FVU {d['fvu'][0]:.4f}) "
+              f"vs SAELens {d['saelens']} (L0 {d['l0'][1]:.0f}, FVU {d['fvu'][1]:.4f}): "
+              f"{d['speedup']:.2f}x tokens/s ({d['last_quarter_speedup']:.2f}x over the last "
+              "quarter)")  # fmt: skip
     for eq in report["l1_at_equal_l0"]:
         g, s = eq["geomsae"], eq["saelens"]
         print(f"l1 at L0 {eq['l0']:.0f} (SAELens {', '.join(s['between'])}): geomsae/SAELens "
