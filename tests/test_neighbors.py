@@ -262,7 +262,7 @@ def test_projected_on_torch_float32_and_tiny_dimensions():
 
 
 def test_auto_plans_the_projection_on_low_rank_data_only():
-    import geomsae.neighbors.projected as proj
+    import geomsae.neighbors.plan as proj
     from geomsae.neighbors.brute import Reference
 
     X = torch.from_numpy(_low_rank(4000, d=5, D=200, seed=5))

@@ -43,7 +43,7 @@ from geomsae.neighbors.checks import (
     deduplicate,
     find_duplicates,
 )
-from geomsae.neighbors.projected import ProjectionPlan
+from geomsae.neighbors.plan import ProjectionPlan
 from geomsae.neighbors.radius import radius_neighbors
 from geomsae.neighbors.search import METHODS, Neighbors, knn
 

@@ -17,17 +17,17 @@ for any data; only the speed depends on the data.
 It is fast when a few principal directions hold most of the variance at the scale of the
 neighbour distances (low intrinsic dimension in a high ambient dimension, such as activations
 of a layer that lie near a low-dimensional manifold), because the bound is then tight and few
-candidates are needed. :func:`plan` measures this on a sample of queries before committing: it
-computes the exact k-th distances of the sample, counts for each candidate ``m`` how many points
-each query's bound cannot exclude, and picks ``(m, c)`` by a cost model of this machine's
-kernels, or declines (returns None) when brute force is predicted to be cheaper.
+candidates are needed. :func:`geomsae.neighbors.plan.plan` measures this on a sample of
+queries before committing: it computes the exact k-th distances of the sample, counts for each
+candidate ``m`` how many points each query's bound cannot exclude, and picks ``(m, c)`` by a
+cost model of this machine's kernels, or declines (returns None) when brute force is predicted
+to be cheaper.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 import torch
 
@@ -37,83 +37,15 @@ from geomsae.neighbors.brute import (
     block_rows,
     brute_knn,
     exclude_self,
-    matmul,
     refine,
     refine_pairs,
     sort_rows,
 )
+from geomsae.neighbors.plan import ProjectionPlan, coordinates
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProjectionPlan", "plan", "plan_radius", "projected_knn", "projected_radius"]
-
-# Relative costs of the kernels, in units of one float32 multiply-add inside a large matrix
-# product, measured with one thread on a 2-core x86-64 CPU at D = 576: the screen's per-pair
-# cost besides its product (output write, grouped top-k), and one float64 multiply-add of the
-# candidate refinement (a sampled product that reads every candidate row).
-_SCREEN_PER_PAIR = 30.0
-_REFINE_PER_MAC = 30.0
-_MAX_COMPONENTS = 64
-_SAMPLE_QUERIES = 64
-_BASIS_ROWS = 1024
-_MIN_GAIN = 1.5  # use the projection only when predicted at least this much cheaper
-
-
-@dataclass(frozen=True)
-class ProjectionPlan:
-    """The projection search's settings and its predicted economics.
-
-    Attributes
-    ----------
-    n_components : int
-        ``m``, the number of principal directions kept (z-space has ``m + 1`` coordinates).
-    n_candidates : int
-        ``c``, the candidates screened per query and re-measured exactly.
-    certified_fraction : float
-        Share of the sampled queries whose k neighbours ``c`` candidates certify.
-    predicted_speedup : float
-        Predicted cost of brute force over the cost of this plan.
-    basis : tensor of shape (n_components_max, n_features), float64
-        Orthonormal rows: principal directions of a row sample, by decreasing variance.
-    coordinates : tensor of shape (n_reference, n_components_max), float64
-        The reference points' projections on ``basis``.
-    residual_sq : tensor of shape (n_reference,), float64
-        Their squared distances to the span of ``basis``.
-    """
-
-    n_components: int
-    n_candidates: int
-    certified_fraction: float
-    predicted_speedup: float
-    basis: torch.Tensor = field(repr=False)
-    coordinates: torch.Tensor = field(repr=False)
-    residual_sq: torch.Tensor = field(repr=False)
-
-
-def _basis(ref: Reference, n_max: int) -> torch.Tensor:
-    """Orthonormal (n_max, D) basis: principal directions of an evenly spaced row sample.
-
-    Any orthonormal basis gives a valid bound; the principal directions make it tight. A
-    randomized range finder with one power iteration on at most ``_BASIS_ROWS`` rows, in
-    float32, then re-orthonormalised in float64 (orthonormality matters for the bound).
-    """
-    X = ref.X
-    rows = torch.linspace(0, X.shape[0] - 1, min(X.shape[0], _BASIS_ROWS), device=X.device)
-    S = X[rows.round().long()].float()
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    q = min(n_max + 10, S.shape[0], S.shape[1])
-    Y = S @ torch.randn(S.shape[1], q, generator=gen).to(S.device)
-    Y = S @ (S.T @ torch.linalg.qr(Y).Q)  # one power iteration
-    Y = torch.linalg.qr(Y).Q
-    _, _, Vh = torch.linalg.svd(Y.T @ S, full_matrices=False)
-    return torch.linalg.qr(Vh[:n_max].T.double()).Q.T.contiguous()
-
-
-def _coordinates(Xc: torch.Tensor, Vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projections ``P = Xc Vt^T`` and squared residual norms ``|Xc - P Vt|^2`` (explicit)."""
-    P = matmul(Xc, Vt.T)
-    res = Xc - matmul(P, Vt)
-    return P, (res * res).sum(1)
+__all__ = ["projected_knn", "projected_radius"]
 
 
 def _z(P: torch.Tensor, res_sq: torch.Tensor, m: int) -> torch.Tensor:
@@ -123,158 +55,6 @@ def _z(P: torch.Tensor, res_sq: torch.Tensor, m: int) -> torch.Tensor:
     """
     r = torch.sqrt(res_sq + (P[:, m:] ** 2).sum(1))
     return torch.cat([P[:, :m], r[:, None]], 1)
-
-
-def _grid(n_max: int) -> list[int]:
-    return [m for m in (4, 8, 12, 16, 24, 32, 48, 64) if m < n_max] + [n_max]
-
-
-class _BoundCounter:
-    """For a sample of queries, counts the points that the m-component bound cannot exclude.
-
-    The principal coordinates are computed in chunks of 16 columns, only as far as the calls
-    to :meth:`counts` (with non-decreasing ``m``) reach.
-    """
-
-    def __init__(
-        self, Qs: torch.Tensor, self_s: torch.Tensor | None, ref: Reference, Vt: torch.Tensor
-    ) -> None:
-        self.Qs, self.self_s, self.ref, self.Vt = Qs, self_s, ref, Vt
-        s, n, dev = Qs.shape[0], ref.n, Qs.device
-        self.part = torch.zeros(s, n, device=dev)  # sum_{l<m} (dp_l)^2 (float32: only counted)
-        self.P = torch.empty(n, 0, dtype=torch.float64, device=dev)
-        self.Pq = torch.empty(s, 0, dtype=torch.float64, device=dev)
-        self.p_sq = torch.zeros(n, dtype=torch.float64, device=dev)
-        self.pq_sq = torch.zeros(s, dtype=torch.float64, device=dev)
-        self.q_sq = (Qs * Qs).sum(1)
-        self.done = 0
-
-    def counts(self, m: int, u2: torch.Tensor) -> torch.Tensor:
-        """Sorted counts of points with bound <= ``u2[i]`` for each sampled query ``i``."""
-        ref = self.ref
-        if m > self.P.shape[1]:
-            hi = min(self.Vt.shape[0], max(m, self.P.shape[1] + 16))
-            W = self.Vt[self.P.shape[1] : hi].T.contiguous()
-            self.P = torch.cat([self.P, matmul(ref.X, W)], 1)
-            self.Pq = torch.cat([self.Pq, matmul(self.Qs, W)], 1)
-        b, a = self.P[:, self.done : m], self.Pq[:, self.done : m]
-        self.p_sq += (b * b).sum(1)
-        self.pq_sq += (a * a).sum(1)
-        self.part += ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)).float()
-        self.done = m
-        # residual norms by subtraction: fine for counting (the search uses exact ones)
-        rq = torch.sqrt((self.q_sq - self.pq_sq).clamp_min(0)).float()
-        rr = torch.sqrt((ref.sq - self.p_sq).clamp_min(0)).float()
-        lb2 = torch.sub(rq[:, None], rr[None, :]).square_().add_(self.part)
-        if self.self_s is not None:
-            lb2[torch.arange(len(lb2), device=lb2.device), self.self_s] = math.inf
-        return (lb2 <= u2.float()[:, None]).sum(1).sort().values
-
-    def coordinates(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference's first ``m`` coordinates and exact squared residual norms."""
-        P = self.P[:, :m].contiguous()
-        res = self.ref.X - matmul(P, self.Vt[:m])  # explicit residuals: exact norms
-        return P, (res * res).sum(1)
-
-
-def _sample(
-    Q: torch.Tensor, self_idx: torch.Tensor | None, ref: Reference
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Evenly spaced sample of the queries: (uncentred rows, their self indices, positions)."""
-    s = min(_SAMPLE_QUERIES, Q.shape[0])
-    pick = torch.linspace(0, Q.shape[0] - 1, s, device=Q.device).round().long()
-    return Q[pick], None if self_idx is None else self_idx[pick], pick
-
-
-def plan(
-    Q: torch.Tensor,
-    self_idx: torch.Tensor | None,
-    ref: Reference,
-    k: int,
-    *,
-    force: bool = False,
-) -> ProjectionPlan | None:
-    """Choose ``(m, c)`` for :func:`projected_knn` on a sample of the queries, or None.
-
-    None means brute force is predicted to be at least ``_MIN_GAIN`` times as fast (flat
-    spectra, tiny problems), unless ``force``; also None when ``n_features == 1``.
-    """
-    n, D = ref.X.shape
-    n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
-    if n_max < 1:
-        return None
-    Qs, self_s, _ = _sample(Q, self_idx, ref)
-    u, _ = brute_knn(Qs, self_s, ref, k, screen_dtype=torch.float32)
-    u2 = u[:, -1] ** 2 * (1 + 1e-9)  # (s,) exact k-th squared distances
-    counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
-    s = Qs.shape[0]
-    brute_cost = n * (D + _SCREEN_PER_PAIR)
-    fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
-    best: tuple[float, int, int, float] | None = None
-    last_median = math.inf
-    for m in _grid(n_max):
-        counts = counter.counts(m, u2)
-        # c = counts[j] certifies the sample's j + 1 best-bounded queries; the rest fall back
-        c_j = counts.clamp_min(k).double()
-        screen_cost = n * (max(m + 1, 8) + _SCREEN_PER_PAIR)
-        costs = screen_cost + c_j * D * _REFINE_PER_MAC + fail * brute_cost
-        j = int(torch.argmin(costs))
-        if best is None or float(costs[j]) < best[0]:
-            best = (float(costs[j]), m, int(c_j[j]), 1.0 - float(fail[j]))
-        median = float(counts[s // 2])
-        if m >= 8 and median >= 0.97 * last_median:  # the bound stopped tightening
-            break
-        last_median = median
-    assert best is not None
-    cost, m, c, certified = best
-    c = min(c + max(2, c // 8), n - (self_idx is not None))  # margin for the unsampled rows
-    speedup = brute_cost / cost
-    logger.debug("projection plan: m=%d c=%d certified=%.2f speedup=%.1f", m, c, certified, speedup)
-    if speedup < _MIN_GAIN and not force:
-        return None
-    P, res = counter.coordinates(m)
-    return ProjectionPlan(m, c, certified, speedup, counter.Vt[:m].contiguous(), P, res)
-
-
-def plan_radius(
-    Q: torch.Tensor,
-    self_idx: torch.Tensor | None,
-    ref: Reference,
-    radius: float,
-    *,
-    force: bool = False,
-) -> ProjectionPlan | None:
-    """Choose ``m`` for :func:`projected_radius` on a sample of the queries, or None.
-
-    ``n_candidates`` of the plan is the predicted mean number of pairs per query that the bound
-    cannot exclude (all of them are measured exactly).
-    """
-    n, D = ref.X.shape
-    n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
-    if n_max < 1:
-        return None
-    Qs, self_s, _ = _sample(Q, self_idx, ref)
-    u2 = torch.full((Qs.shape[0],), radius**2 * (1 + 1e-9), dtype=torch.float64, device=Q.device)
-    counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
-    brute_cost = n * (D + _SCREEN_PER_PAIR)
-    best: tuple[float, int, float] | None = None
-    last = math.inf
-    for m in _grid(n_max):
-        mean = float(counter.counts(m, u2).double().mean())
-        cost = n * (max(m + 1, 8) + _SCREEN_PER_PAIR) + mean * D * _REFINE_PER_MAC
-        if best is None or cost < best[0]:
-            best = (cost, m, mean)
-        if m >= 8 and mean >= 0.97 * last:
-            break
-        last = mean
-    assert best is not None
-    cost, m, mean = best
-    speedup = brute_cost / cost
-    logger.debug("radius projection plan: m=%d pairs/query=%.1f speedup=%.1f", m, mean, speedup)
-    if speedup < _MIN_GAIN and not force:
-        return None
-    P, res = counter.coordinates(m)
-    return ProjectionPlan(m, math.ceil(mean), 1.0, speedup, counter.Vt[:m].contiguous(), P, res)
 
 
 class _ZSpace:
@@ -290,7 +70,7 @@ class _ZSpace:
         if self_idx is not None and Q.shape[0] == ref.n and torch.equal(self_idx, everyone):
             Zq = Zr
         else:
-            Zq = _z(*_coordinates(self.Qc, chosen.basis), m)
+            Zq = _z(*coordinates(self.Qc, chosen.basis), m)
         shift = Zr.mean(0)  # centring z keeps the float32 screen's rounding error small
         Zr = Zr - shift
         self.Zq = Zq - shift

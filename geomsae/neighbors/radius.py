@@ -12,7 +12,8 @@ import torch
 
 from geomsae.neighbors.brute import Reference, block_rows, matmul
 from geomsae.neighbors.checks import as_tensor, check_points
-from geomsae.neighbors.projected import plan_radius, projected_radius
+from geomsae.neighbors.plan import plan_radius
+from geomsae.neighbors.projected import projected_radius
 from geomsae.neighbors.search import METHODS
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import torch
 
 from geomsae.neighbors.brute import Reference, brute_knn
 from geomsae.neighbors.checks import as_tensor, check_points
-from geomsae.neighbors.projected import plan, projected_knn
+from geomsae.neighbors.plan import plan
+from geomsae.neighbors.projected import projected_knn
 
 logger = logging.getLogger(__name__)
 
