@@ -12,8 +12,8 @@ matmul everything can be done on the non-zeros:
   selected ``(i, j)`` pairs: it is an ``embedding_bag`` over the samples, grouped by feature.
 
 Measured on the 2-core CPU with d_in=576, d_sae=4608 and 4096 samples (see
-``benchmarks/bench_sae.py``), this cuts a training step roughly three-fold against the dense path
-for TopK (k=32) and for ReLU at L0 ~ 250. At high density (a ReLU SAE early in training) the
+``benchmarks/bench_sae.py``), this makes a training step 3.6x faster than the dense path for
+TopK (k=32) and 2.2x for ReLU at L0 ~ 280. At high density (a ReLU SAE early in training) the
 dense path is faster; :func:`sparse_wins` is the rule the SAEs use to choose.
 
 Sparse codes are stored row by row (CSR-like): ``cols`` (nnz,) feature indices, ``rows`` (nnz,)
@@ -64,9 +64,9 @@ class SparseCodes(NamedTuple):
 
 SPARSE_MAX_DENSITY = 0.2
 """Largest fraction of non-zero codes at which ``"auto"`` trains a ReLU SAE on the CPU through
-the sparse kernels. Measured on the 2-core CPU, one thread (d_in=576, d_sae=4608, 4096 samples):
-a whole step (forward and backward) takes 0.75 s sparse vs 1.74 s dense at density 0.06
-(L0 276), 1.30 vs 1.82 s at 0.15, 1.67 vs 1.82 s at 0.2 and 2.47 vs 2.08 s at 0.3."""
+the sparse kernels. Measured on the 2-core CPU, one thread (d_in=576, d_sae=4608, 4096 samples,
+forward and backward, best of 3): 0.72 s sparse vs 1.59 s dense at density 0.06 (L0 276),
+0.89 vs 1.82 s at 0.1, 1.44 vs 1.66 s at 0.15, 1.53 vs 1.58 s at 0.2 and 2.91 vs 1.59 s at 0.3."""
 
 
 def sparse_wins(n_nonzero: int, n_samples: int, n_features: int) -> bool:
