@@ -21,6 +21,7 @@ __all__ = [
     "brute_knn",
     "exclude_self",
     "matmul",
+    "no_neighbors",
     "refine",
     "refine_pairs",
     "Screen",
@@ -300,6 +301,14 @@ def _knn_block(
     return exact, cand, ok
 
 
+def no_neighbors(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (0, k) distances and indices of an empty query set."""
+    return (
+        torch.empty(0, k, dtype=torch.float64, device=device),
+        torch.empty(0, k, dtype=torch.long, device=device),
+    )
+
+
 def brute_knn(
     Q: torch.Tensor,
     self_idx: torch.Tensor | None,
@@ -335,8 +344,5 @@ def brute_knn(
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
     if not dists:
-        return (
-            torch.empty(0, k, dtype=torch.float64, device=ref.X.device),
-            torch.empty(0, k, dtype=torch.long, device=ref.X.device),
-        )
+        return no_neighbors(k, ref.X.device)
     return torch.cat(dists), torch.cat(inds)

@@ -37,6 +37,7 @@ from geomsae.neighbors.brute import (
     block_rows,
     brute_knn,
     exclude_self,
+    no_neighbors,
     refine,
     refine_pairs,
     sort_rows,
@@ -158,10 +159,7 @@ def projected_knn(
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
     if not dists:
-        return (
-            torch.empty(0, k, dtype=torch.float64, device=ref.X.device),
-            torch.empty(0, k, dtype=torch.long, device=ref.X.device),
-        )
+        return no_neighbors(k, ref.X.device)
     D, I = torch.cat(dists), torch.cat(inds)
     bad = torch.cat(failed)
     if bad.numel():  # uncertified rows, all at once (each brute pass reads the whole set)
