@@ -276,6 +276,18 @@ def test_auto_plans_the_projection_on_low_rank_data_only():
     assert torch.equal(a.indices, b.indices)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_projected_on_gpu_matches_cpu():
+    X = torch.from_numpy(_low_rank(3000, seed=8))
+    g = knn(X.cuda(), 10, method="projected")
+    assert g.indices.is_cuda
+    assert torch.equal(g.indices.cpu(), knn(X, 10, method="brute").indices)
+    G = radius_neighbors(X.cuda(), 0.5, method="projected")
+    B = radius_neighbors(X, 0.5, method="brute")
+    np.testing.assert_array_equal(G.indices, B.indices)
+
+
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="method must be one of"):
         knn(np.eye(4), 1, method="kdtree")
