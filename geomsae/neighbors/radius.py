@@ -103,8 +103,15 @@ def radius_neighbors(
                 kth = torch.topk(d2, cap, dim=1, largest=False).values[:, -1:]
                 within &= d2 <= kth  # ties at the cap may keep a few extra
         r, c = torch.nonzero(within, as_tuple=True)
+        # the float64 expansion on centred data is accurate to ~1e-16 of the squared norms;
+        # near-duplicate pairs, where that is not enough, are re-measured directly (as knn)
+        d2_rc = d2[r, c].clamp_min(0)
         del d2, within
-        dist = torch.linalg.vector_norm(Xt[start + r] - Xt[c], dim=1)  # exact float64
+        close = d2_rc < 1e-8 * (x_sq[start + r] + x_sq[c])
+        if bool(close.any()):
+            p = torch.nonzero(close).flatten()
+            d2_rc[p] = ((Xt[start + r[p]] - Xt[c[p]]) ** 2).sum(1)
+        dist = torch.sqrt(d2_rc)
         keep = dist <= radius
         rows_all.append(start + r[keep])
         cols_all.append(c[keep])
@@ -136,8 +143,19 @@ def _cap_rows(
 
 
 def _csr(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n: int) -> scipy.sparse.csr_matrix:
-    """The (n, n) CSR matrix of pairs given in (row, column) order."""
-    r, c, v = r.cpu().numpy(), c.cpu().numpy(), v.cpu().numpy()
+    """The (n, n) CSR matrix of pairs given in (row, column) order, exactly symmetric values.
+
+    Distances from the expansion can differ in the last bit between (i, j) and (j, i) (their
+    dot products come from different blocks); each pair below the diagonal takes the value of
+    its mirror, so ``G - G.T`` is exactly zero wherever both are stored.
+    """
+    r, c, v = r.cpu().numpy(), c.cpu().numpy(), v.cpu().numpy().copy()
+    key = r.astype(np.int64) * n + c
+    lower = np.flatnonzero(r > c)
+    mirror = c[lower].astype(np.int64) * n + r[lower]
+    pos = np.minimum(np.searchsorted(key, mirror), max(len(key) - 1, 0))
+    found = key[pos] == mirror if len(key) else np.zeros(0, dtype=bool)
+    v[lower[found]] = v[pos[found]]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
     G = scipy.sparse.csr_matrix((v, c.astype(np.int64), indptr), shape=(n, n))
