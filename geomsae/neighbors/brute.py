@@ -25,6 +25,7 @@ __all__ = [
     "refine",
     "refine_pairs",
     "Screen",
+    "auto_screen_dtype",
     "smallest",
     "sort_rows",
 ]
@@ -48,6 +49,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ):
         return torch.from_numpy(a.numpy() @ b.numpy())
     return a @ b
+
+
+def auto_screen_dtype(n_ref: int, k: int, max_k: int, cuda: bool) -> torch.dtype:
+    """float32 screening on GPUs, and on CPU when the reference set is large next to the
+    candidates (``n_ref >= 400 (k + max(4, k // 4))``, where the cheaper product outweighs the
+    candidate gather); else float64."""
+    wide = n_ref >= 400 * min(max_k, k + max(4, k // 4))
+    return torch.float32 if (cuda or wide) else torch.float64
 
 
 def block_rows(n_ref: int, extra_per_row: int, block_size: int | None) -> int:

@@ -34,6 +34,7 @@ import torch
 from geomsae.neighbors.brute import (
     Reference,
     Screen,
+    auto_screen_dtype,
     block_rows,
     brute_knn,
     exclude_self,
@@ -165,8 +166,7 @@ def projected_knn(
     if bad.numel():  # uncertified rows, all at once (each brute pass reads the whole set)
         logger.debug("projected k-NN: %d of %d rows searched by brute force", bad.numel(), len(D))
         sb = None if self_idx is None else self_idx[bad]
-        wide = ref.n >= 400 * (k + max(4, k // 4))
-        dtype = torch.float32 if (wide or Q.is_cuda) else torch.float64
+        dtype = auto_screen_dtype(ref.n, k, ref.n - (self_idx is not None), Q.is_cuda)
         D[bad], I[bad] = brute_knn(Q[bad], sb, ref, k, screen_dtype=dtype)
     return D, I
 

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from geomsae.neighbors.brute import Reference, brute_knn
+from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn
 from geomsae.neighbors.checks import as_tensor, check_points
 from geomsae.neighbors.plan import plan
 from geomsae.neighbors.projected import projected_knn
@@ -34,11 +34,6 @@ class Neighbors(NamedTuple):
 
     distances: Any
     indices: Any
-
-
-def _auto_screen(n_ref: int, k: int, max_k: int, cuda: bool) -> torch.dtype:
-    wide = n_ref >= 400 * min(max_k, k + max(4, k // 4))
-    return torch.float32 if (cuda or wide) else torch.float64
 
 
 def knn(
@@ -129,7 +124,7 @@ def knn(
         )
     k = int(n_neighbors)
     if screen_dtype is None:
-        screen_dtype = _auto_screen(n_ref, k, max_k, Xt.is_cuda)
+        screen_dtype = auto_screen_dtype(n_ref, k, max_k, Xt.is_cuda)
     if screen_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"screen_dtype must be torch.float32 or torch.float64; got {screen_dtype}")
     ref = Reference.of(R)
