@@ -20,6 +20,17 @@ def _isolated_activation_cache(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: the machine is shared, and small problems run faster."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A 4-layer, d_model=32 random Llama in a TransformerBridge, byte-level tokenizer, BOS = 1.

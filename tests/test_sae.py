@@ -20,14 +20,7 @@ from geomsae.sae import (
 )
 from geomsae.sae.losses import StepContext
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared; small problems run faster on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def random_sae(arch: str, d_in: int = 6, d_sae: int = 10, k: int = 3, seed: int = 0, dtype=None):

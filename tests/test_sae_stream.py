@@ -15,12 +15,7 @@ HOOK = "blocks.2.hook_resid_post"
 KW = dict(hook=HOOK, context_length=32, batch_tokens=256, chunk_tokens=300, buffer_chunks=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _sorted_rows(x: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,7 @@ from geomsae.sae.trainer import _keep_fn, _Run, geometric_median, lr_factor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def data(n=4096, d=16, seed=0):

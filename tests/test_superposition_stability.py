@@ -86,15 +86,6 @@ def test_nothing_matched_is_not_saturated() -> None:
     assert res.estimate == 0 and not res.saturated
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny SAEs are overhead-bound; one thread avoids oversubscribing a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.slow
 def test_stability_of_p_recovers_the_number_of_synthetic_features(one_thread) -> None:
     from geomsae.sae import SAEConfig

@@ -144,12 +144,12 @@ class _BoundCounter:
 
 
 def _sample(
-    Q: torch.Tensor, self_idx: torch.Tensor | None, ref: Reference
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Evenly spaced sample of the queries: (uncentred rows, their self indices, positions)."""
+    Q: torch.Tensor, self_idx: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Evenly spaced sample of the queries: (uncentred rows, their self indices)."""
     s = min(_SAMPLE_QUERIES, Q.shape[0])
     pick = torch.linspace(0, Q.shape[0] - 1, s, device=Q.device).round().long()
-    return Q[pick], None if self_idx is None else self_idx[pick], pick
+    return Q[pick], None if self_idx is None else self_idx[pick]
 
 
 def plan(
@@ -169,7 +169,7 @@ def plan(
     n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
     if n_max < 1:
         return None
-    Qs, self_s, _ = _sample(Q, self_idx, ref)
+    Qs, self_s = _sample(Q, self_idx)
     u, _ = brute_knn(Qs, self_s, ref, k, screen_dtype=torch.float32)
     u2 = u[:, -1] ** 2 * (1 + 1e-9)  # (s,) exact k-th squared distances
     counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
@@ -219,7 +219,7 @@ def plan_radius(
     n_max = min(_MAX_COMPONENTS, D - 1, n - 1)
     if n_max < 1:
         return None
-    Qs, self_s, _ = _sample(Q, self_idx, ref)
+    Qs, self_s = _sample(Q, self_idx)
     u2 = torch.full((Qs.shape[0],), radius**2 * (1 + 1e-9), dtype=torch.float64, device=Q.device)
     counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
     brute_cost = n * (D + _SCREEN_PER_PAIR)
