@@ -184,6 +184,31 @@ def test_bad_input_is_named(bad, match):
         knn(bad, 1)
 
 
+def test_finite_check_survives_an_overflowing_sum():
+    big = np.full((4, 3), 1e308)  # finite, but the entries sum to inf
+    assert check_points(big) is big
+    assert check_points(torch.tensor(big)).shape == (4, 3)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        check_points(torch.tensor([[1.0, -np.inf], [np.inf, 2.0]]))  # the sum is NaN
+
+
+def test_residual_norms_by_subtraction_match_explicit_ones():
+    from geomsae.neighbors.plan import residual_sq
+
+    rng = np.random.default_rng(5)
+    Vt = torch.from_numpy(np.linalg.qr(rng.normal(size=(40, 3)))[0].T.copy())
+    noise = np.r_[np.zeros(50), np.full(10, 1e-6), np.full(140, 0.05)][:, None]
+    X = rng.normal(size=(200, 3)) @ Vt.numpy() + noise * rng.normal(size=(200, 40))
+    Xc = torch.from_numpy(X)  # rows 0-49 in the span, 50-59 almost: the explicit branch
+    P = Xc @ Vt.T
+    explicit = ((Xc - P @ Vt) ** 2).sum(1)
+    x_sq = (Xc * Xc).sum(1)
+    assert bool((explicit[60:] > 1e-3 * x_sq[60:]).all())  # these take the subtraction
+    got = residual_sq(Xc, P, Vt, x_sq)
+    np.testing.assert_allclose(got[50:], explicit[50:], rtol=1e-9)
+    np.testing.assert_allclose(got[:50], explicit[:50], rtol=0, atol=1e-28)
+
+
 def test_too_many_neighbours():
     with pytest.raises(ValueError, match="n_neighbors=5 but only 4"):
         knn(np.eye(5), 5)

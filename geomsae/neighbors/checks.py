@@ -16,6 +16,16 @@ __all__ = [
 ]
 
 
+def _all_finite(X: np.ndarray | torch.Tensor) -> bool:
+    """Whether every entry is finite: one sum (a NaN or Inf anywhere makes it non-finite), and
+    the element-wise test only when the sum is not finite (NaN/Inf present, or an overflow)."""
+    if isinstance(X, torch.Tensor):
+        if X.is_floating_point() and bool(torch.isfinite(X.sum())):
+            return True
+        return bool(torch.isfinite(X).all())
+    if np.issubdtype(X.dtype, np.floating) and np.isfinite(np.add.reduce(X, axis=None)):
+        return True
+    return bool(np.isfinite(X).all())
 
 
 def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray | torch.Tensor:
@@ -45,8 +55,7 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
         raise ValueError(f"{name} has no features (shape {shape})")
     if shape[0] < min_samples:
         raise ValueError(f"{name} needs at least {min_samples} points; got {shape[0]}")
-    finite = torch.isfinite(X).all().item() if isinstance(X, torch.Tensor) else np.isfinite(X).all()
-    if not finite:
+    if not _all_finite(X):
         raise ValueError(
             f"{name} contains NaN or Inf; drop those rows first "
             f"(e.g. X[np.isfinite(X).all(axis=1)])"
@@ -142,5 +151,3 @@ def check_no_duplicates(X: Any, *, name: str = "X") -> None:
             f"nearest-neighbour distances of 0 break this estimator. Remove them with "
             f"`X, kept = geomsae.neighbors.deduplicate(X)` or pass on_duplicates='drop'."
         )
-
-

@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["radius_neighbors"]
 
 
-
 def radius_neighbors(
     X: Any,
     radius: float,
