@@ -96,6 +96,60 @@ def test_uncertified_rows_fall_back_to_float64(monkeypatch):
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_screen_keys_are_lower_bounds_of_every_squared_distance(dtype):
+    from geomsae.neighbors.brute import Reference
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 96)) * rng.lognormal(0, 1.5, size=(300, 1))  # norms over ~1e3
+    X[:5] *= 300.0  # outlier norms, as residual streams have
+    X[5:10] = X[10:15] + 1e-6  # near-duplicates
+    ref = Reference.of(torch.from_numpy(X))
+    screen = ref.screen(dtype)
+    Qc = ref.X[::3]
+    q_sq = (Qc * Qc).sum(1)
+    lower = screen.shifted(Qc).double() + q_sq[:, None] - screen.error_bound(q_sq)[:, None]
+    exact = torch.cdist(Qc, ref.X, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    assert bool((lower <= exact * (1 + 1e-12) + 1e-12).all())
+    assert float((exact - lower).max()) < 0.05 * float(exact.max())  # and not vacuous
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_bfloat16_screening_gives_the_same_answer(k):
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(1200, 80)) @ rng.normal(size=(80, 80)) + 30.0
+    X[:20] *= 5.0  # a few large norms
+    a = knn(X, k, screen_dtype=torch.float64)
+    b = knn(X, k, screen_dtype=torch.bfloat16, block_size=100)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12, atol=1e-12)
+    q = knn(X, k, screen_dtype=torch.bfloat16, query_indices=np.arange(0, 1200, 7))
+    np.testing.assert_array_equal(q.indices, a.indices[::7])
+
+
+def test_bfloat16_rows_it_cannot_certify_cascade_to_float32_then_float64(monkeypatch):
+    import geomsae.neighbors.brute as nbm
+
+    rng = np.random.default_rng(7)
+    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
+    calls = []
+    block = nbm._knn_block
+
+    def spy(*args, **kwargs):
+        out = block(*args, **kwargs)
+        calls.append((args[3], args[0].shape[0]))
+        return out
+
+    monkeypatch.setattr(nbm, "_knn_block", spy)
+    a = knn(X, 2, screen_dtype=torch.bfloat16)
+    monkeypatch.undo()
+    assert [c[0] for c in calls] == [torch.bfloat16, torch.float32, torch.float64]
+    assert calls[0][1] == 300
+    b = knn(X, 2, screen_dtype=torch.float64)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9)
+
+
 def test_automatic_screen_matches_float64_on_a_wide_reference_set():
     X = np.random.default_rng(8).normal(size=(2500, 20))  # 2500 >= 400 * 5: float32 screen
     a, b = knn(X, 1), knn(X, 1, screen_dtype=torch.float64)

@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from geomsae.neighbors.brute import Reference, brute_knn, matmul
+from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn, matmul
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ProjectionPlan", "coordinates", "plan", "plan_radius"]
 
 # Relative costs of the kernels, in units of one float32 multiply-add inside a large matrix
-# product, measured with one thread on a 2-core x86-64 CPU at D = 576: the screen's per-pair
-# cost besides its product (output write, grouped top-k), and one float64 multiply-add of the
-# candidate refinement (a sampled product that reads every candidate row).
+# product (a bfloat16 one, where brute force uses it, counts half), measured with one thread
+# on a 2-core x86-64 CPU at D = 576: the screen's per-pair cost besides its product (output
+# write, grouped top-k), and one float64 multiply-add of the candidate refinement (a sampled
+# product that reads every candidate row).
 _SCREEN_PER_PAIR = 30.0
 _REFINE_PER_MAC = 30.0
 _MAX_COMPONENTS = 64
@@ -195,7 +196,8 @@ def plan(
     u2 = u[:, -1] ** 2 * (1 + 1e-9)  # (s,) exact k-th squared distances
     counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
     s = Qs.shape[0]
-    brute_cost = n * (D + _SCREEN_PER_PAIR)
+    brute_dtype = auto_screen_dtype(n, k, n - (self_idx is not None), Q.is_cuda, D)
+    brute_cost = n * (D * (0.5 if brute_dtype == torch.bfloat16 else 1.0) + _SCREEN_PER_PAIR)
     fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
     best: tuple[float, int, int, float] | None = None
     last_median = math.inf

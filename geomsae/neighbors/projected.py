@@ -27,7 +27,6 @@ to be cheaper.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -39,8 +38,8 @@ from geomsae.neighbors.brute import (
     brute_knn,
     exclude_self,
     no_neighbors,
-    refine,
     refine_pairs,
+    refine_progressively,
     sort_rows,
 )
 from geomsae.neighbors.plan import ProjectionPlan, coordinates
@@ -88,37 +87,6 @@ class _ZSpace:
         return self.screen.error_bound((Zq * Zq).sum(1)) + 1e-9 * ((Qc * Qc).sum(1) + self.x_max)
 
 
-def _refine_progressively(
-    Qc: torch.Tensor,
-    ref: Reference,
-    vals: torch.Tensor,
-    cand: torch.Tensor,
-    bound: torch.Tensor,
-    k: int,
-) -> torch.Tensor:
-    """Exact distances of the candidates that can matter; +inf for those that provably cannot.
-
-    The ``k`` candidates of smallest bound are measured first; their largest distance ``u``
-    bounds the k-th neighbour's from above, so a candidate whose lower bound (less its rounding
-    bound) exceeds ``u`` cannot be among the k nearest and is not measured (~20% of the
-    candidates at D = 576).
-    """
-    b, c = cand.shape
-    if c <= k:
-        return refine(Qc, ref, cand)
-    lb = vals.double() - bound[:, None]
-    head = torch.topk(lb, k, dim=1, largest=False, sorted=False).indices
-    exact = torch.full((b, c), math.inf, dtype=torch.float64, device=Qc.device)
-    exact.scatter_(1, head, refine(Qc, ref, cand.gather(1, head)))
-    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2
-    todo = exact.isinf() & (lb <= u2[:, None])
-    if bool(todo.any()):
-        crow = torch.zeros(b + 1, dtype=torch.long, device=Qc.device)
-        crow[1:] = torch.cumsum(todo.sum(1), 0)
-        exact[todo] = refine_pairs(Qc, ref, crow, cand[todo])
-    return exact
-
-
 def projected_knn(
     Q: torch.Tensor,
     self_idx: torch.Tensor | None,
@@ -153,7 +121,7 @@ def projected_knn(
         ]
         vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         bound = z.bound(Zq, Qc)
-        exact = _refine_progressively(Qc, ref, vals, cand, bound, k)
+        exact = refine_progressively(Qc, ref, vals, cand, bound, k)
         exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
         ok = exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound
         failed.append(start + torch.nonzero(~ok).flatten())
@@ -166,7 +134,9 @@ def projected_knn(
     if bad.numel():  # uncertified rows, all at once (each brute pass reads the whole set)
         logger.debug("projected k-NN: %d of %d rows searched by brute force", bad.numel(), len(D))
         sb = None if self_idx is None else self_idx[bad]
-        dtype = auto_screen_dtype(ref.n, k, ref.n - (self_idx is not None), Q.is_cuda)
+        dtype = auto_screen_dtype(
+            ref.n, k, ref.n - (self_idx is not None), Q.is_cuda, ref.X.shape[1]
+        )
         D[bad], I[bad] = brute_knn(Q[bad], sb, ref, k, screen_dtype=dtype)
     return D, I
 

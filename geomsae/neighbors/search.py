@@ -64,13 +64,17 @@ def knn(
         Only with ``Y=None``: search neighbours (among all of ``X``) of the rows
         ``X[query_indices]`` only, still excluding each query itself.
     screen_dtype : torch.dtype, optional
-        Brute force only; both choices give the same neighbours and float64 distances. None
-        (default) picks float32 on GPUs, and on CPU when the reference set is large next to the
-        number of candidates (``n_reference >= 400 * (k + max(4, k // 4))``), else float64.
-        ``torch.float64``: one float64 matrix product per block, distances from the (centred)
-        expansion with near-duplicate pairs re-measured directly. ``torch.float32``: a float32
-        screen keeping ``max(4, k // 4)`` extra candidates, all re-measured in float64, each row
-        *certified* with a rounding-error bound; rows it cannot certify are redone in float64.
+        Brute force only; every choice gives the same neighbours and float64 distances. None
+        (default) picks float32 on GPUs; on CPU, when the reference set is large next to the
+        number of candidates (``n_reference >= 400 * (k + max(4, k // 4))``), bfloat16 if the
+        CPU multiplies it natively (AVX-512 BF16 or AMX) and ``n_features >= 64``, else
+        float32; otherwise float64. ``torch.float64``: one float64 matrix product per block,
+        distances from the (centred) expansion with near-duplicate pairs re-measured directly.
+        ``torch.float32`` / ``torch.bfloat16``: a cheaper product whose rounding bound is
+        subtracted pair by pair, keeping ``max(4, k // 4)`` / ``2 k + 8`` extra candidates,
+        re-measured in float64; each row is *certified* (no point outside the candidates can
+        be nearer) and rows that cannot be are screened again in the next precision
+        (bfloat16, float32, float64).
     method : {"auto", "brute", "projected"}
         All three return the same neighbours and distances. ``"brute"``: compare each query
         with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with a
@@ -124,9 +128,12 @@ def knn(
         )
     k = int(n_neighbors)
     if screen_dtype is None:
-        screen_dtype = auto_screen_dtype(n_ref, k, max_k, Xt.is_cuda)
-    if screen_dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"screen_dtype must be torch.float32 or torch.float64; got {screen_dtype}")
+        screen_dtype = auto_screen_dtype(n_ref, k, max_k, Xt.is_cuda, Xt.shape[1])
+    if screen_dtype not in (torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(
+            "screen_dtype must be torch.bfloat16, torch.float32 or torch.float64; "
+            f"got {screen_dtype}"
+        )
     ref = Reference.of(R)
     chosen = None
     if method == "projected" or (
