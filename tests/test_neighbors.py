@@ -150,6 +150,28 @@ def test_bfloat16_rows_it_cannot_certify_cascade_to_float32_then_float64(monkeyp
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9)
 
 
+def test_blocks_after_one_the_screen_cannot_certify_start_a_precision_up(monkeypatch):
+    import geomsae.neighbors.brute as nbm
+
+    rng = np.random.default_rng(7)
+    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
+    calls = []
+    block = nbm._knn_block
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return block(*args, **kwargs)
+
+    monkeypatch.setattr(nbm, "_knn_block", spy)
+    a = knn(X, 2, screen_dtype=torch.bfloat16, block_size=100)
+    monkeypatch.undo()
+    # block 1: bf16, its rows in fp32, then fp64; block 2 skips bf16 (and fails in fp32
+    # too), block 3 goes straight to fp64
+    bf, f32, f64 = torch.bfloat16, torch.float32, torch.float64
+    assert calls == [bf, f32, f64, f32, f64, f64]
+    np.testing.assert_array_equal(a.indices, knn(X, 2, screen_dtype=torch.float64).indices)
+
+
 def test_automatic_screen_matches_float64_on_a_wide_reference_set():
     X = np.random.default_rng(8).normal(size=(2500, 20))  # 2500 >= 400 * 5: float32 screen
     a, b = knn(X, 1), knn(X, 1, screen_dtype=torch.float64)

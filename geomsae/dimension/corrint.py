@@ -28,7 +28,7 @@ import torch
 
 from geomsae.dimension.base import IDEstimator, check_n_neighbors
 from geomsae.neighbors import DEFAULT_MEMORY_BYTES, knn, radius_neighbors
-from geomsae.neighbors.brute import matmul
+from geomsae.neighbors.brute import matmul, row_sq
 
 __all__ = ["CorrelationDimension", "correlation_dimension", "correlation_integral"]
 
@@ -47,7 +47,7 @@ def correlation_integral(X: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """
     n = X.shape[0]
     Xc = X - X.mean(0)
-    sq = (Xc * Xc).sum(1)
+    sq = row_sq(Xc)
     r2 = radii.to(X) ** 2
     if _few_pairs(Xc, sq, float(r2.max())):
         # the radius graph at the largest radius (exact; projected screen where it pays)

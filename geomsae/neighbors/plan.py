@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn, matmul
+from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn, matmul, row_sq
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def residual_sq(
 def coordinates(Xc: torch.Tensor, Vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Projections ``P = Xc Vt^T`` and squared residual norms (see :func:`residual_sq`)."""
     P = matmul(Xc, Vt.T)
-    return P, residual_sq(Xc, P, Vt, (Xc * Xc).sum(1))
+    return P, residual_sq(Xc, P, Vt, row_sq(Xc))
 
 
 def _grid(n_max: int) -> list[int]:

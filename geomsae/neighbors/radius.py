@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from geomsae.neighbors.brute import Reference, block_rows, matmul
+from geomsae.neighbors.brute import Reference, block_rows, matmul, row_sq
 from geomsae.neighbors.checks import as_tensor, check_points
 from geomsae.neighbors.plan import plan_radius
 from geomsae.neighbors.projected import projected_radius
@@ -83,7 +83,7 @@ def radius_neighbors(
             r, c, v = _cap_rows(r, c, v, n, cap)
         return _csr(r, c, v, n)
     bs = block_size or min(512, block_rows(n, 2 * Xt.shape[1], None))  # cache-sized blocks
-    x_sq = (Xt * Xt).sum(1)
+    x_sq = row_sq(Xt)
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
     slack = 1e-9 * (float(x_sq.max()) + radius**2) + 1e-300
     rows_all, cols_all, vals_all = [], [], []
