@@ -154,7 +154,7 @@ def test_blocks_after_one_the_screen_cannot_certify_start_a_precision_up(monkeyp
     import geomsae.neighbors.brute as nbm
 
     rng = np.random.default_rng(7)
-    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
+    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 120, axis=0) + rng.normal(size=(600, 4)) * 1e-2
     calls = []
     block = nbm._knn_block
 
@@ -163,7 +163,7 @@ def test_blocks_after_one_the_screen_cannot_certify_start_a_precision_up(monkeyp
         return block(*args, **kwargs)
 
     monkeypatch.setattr(nbm, "_knn_block", spy)
-    a = knn(X, 2, screen_dtype=torch.bfloat16, block_size=100)
+    a = knn(X, 2, screen_dtype=torch.bfloat16, block_size=200)
     monkeypatch.undo()
     # block 1: bf16, its rows in fp32, then fp64; block 2 skips bf16 (and fails in fp32
     # too), block 3 goes straight to fp64

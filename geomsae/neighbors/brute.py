@@ -468,6 +468,25 @@ def no_neighbors(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     )
 
 
+_MIN_ROWS_FOR_A_SCREEN = 128
+
+
+def _worth_making(ref: Reference, dtype: torch.dtype, n_rows: int) -> torch.dtype:
+    """``dtype``, or float64 when a new CPU screen would not pay for itself on ``n_rows``.
+
+    Making a float32/bfloat16 copy of the reference set costs about what ~100 queries save
+    against the float64 product (which needs no copy: the set is float64 already).
+    """
+    if (
+        dtype == torch.float64
+        or ref.X.is_cuda
+        or n_rows >= _MIN_ROWS_FOR_A_SCREEN
+        or dtype in ref._screens
+    ):
+        return dtype
+    return torch.float64
+
+
 def brute_knn(
     Q: torch.Tensor,
     self_idx: torch.Tensor | None,
@@ -490,7 +509,7 @@ def brute_knn(
     """
     max_k = ref.n - (self_idx is not None)
     cascade = [torch.bfloat16, torch.float32, torch.float64]
-    cascade = cascade[cascade.index(screen_dtype) :]
+    cascade = cascade[cascade.index(_worth_making(ref, screen_dtype, Q.shape[0])) :]
     bs = block_rows(ref.n, n_candidates(screen_dtype, k, max_k) * ref.X.shape[1], block_size)
     dists, inds = [], []
     for start in range(0, Q.shape[0], bs):
@@ -508,6 +527,7 @@ def brute_knn(
             if bool(ok.all()):
                 break
             rows = rows[~ok]
+            dtype = _worth_making(ref, dtype, rows.numel())
             sb = None if self_b is None else self_b[rows]
             e, c, ok = _knn_block(Qb[rows], sb, ref, dtype, n_candidates(dtype, k, max_k), k)
             exact[rows], cand[rows] = e[:, :k], c[:, :k]
