@@ -75,7 +75,7 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from geomsae.sae import SAEConfig
-from geomsae.sae.sparse import SPARSE_MAX_DENSITY
+from geomsae.sae.sparse import SPARSE_MAX_DENSITY, SPARSE_MAX_DENSITY_BF16
 from geomsae.sae.trainer import _Run
 
 args = json.loads(sys.argv[1])
@@ -113,7 +113,7 @@ def saelens_trainer(spec):
     return trainer
 
 
-def geomsae_flops(run, l0):
+def geomsae_flops(run, l0, amp):
     # executed FLOPs per token of one geomsae step: the encoder's forward matmul, plus either
     # four dense (n, d_sae) x d_in products or four O(L0 d) sparse kernels
     c, dense = run.config, 10 * d_in * d_sae
@@ -121,7 +121,8 @@ def geomsae_flops(run, l0):
         return dense
     if c.arch in ("topk", "batchtopk"):
         return 2 * d_in * d_sae + 8 * c.k * d_in
-    if run.sae.decode_impl == "auto" and l0 > SPARSE_MAX_DENSITY * d_sae:
+    limit = SPARSE_MAX_DENSITY_BF16 if amp else SPARSE_MAX_DENSITY
+    if run.sae.decode_impl == "auto" and l0 > limit * d_sae:
         return dense
     return 2 * d_in * d_sae + 8 * l0 * d_in
 
@@ -137,6 +138,7 @@ for name, spec in args["geomsae"].items():
 trainers = {name: saelens_trainer(spec) for name, spec in args["saelens"].items()}
 order = list(runs) + list(trainers)
 seconds = {name: [] for name in order}
+l0s = {name: [] for name in runs}
 flops = {name: 0.0 for name in order}
 it = batches()
 for step in range(steps):
@@ -144,9 +146,11 @@ for step in range(steps):
     for name in (order if step % 2 == 0 else order[::-1]):
         t0 = time.perf_counter()
         if name in runs:
-            stats = runs[name].step(x * scale, step, batch, False)
+            amp = args["geomsae"][name]["amp"]
+            stats = runs[name].step(x * scale, step, batch, amp)
             seconds[name].append(time.perf_counter() - t0)
-            flops[name] += batch * geomsae_flops(runs[name], stats["l0"])
+            flops[name] += batch * geomsae_flops(runs[name], stats["l0"], amp)
+            l0s[name].append(stats["l0"])
         else:
             tr = trainers[name]
             tr.maybe_reset_sparsity()
@@ -160,7 +164,7 @@ for name, run in runs.items():
 for name, tr in trainers.items():
     tr.sae.fold_activation_norm_scaling_factor(tr.activation_scaler.scaling_factor)
     tr.sae.save_inference_model(args["out"] + "/" + name)
-print("RESULT " + json.dumps({"seconds": seconds, "flops": flops,
+print("RESULT " + json.dumps({"seconds": seconds, "flops": flops, "l0s": l0s,
                               "threads": torch.get_num_threads()}))
 """
 
@@ -201,7 +205,7 @@ def settings(args, common: dict) -> tuple[dict, dict, dict]:
         topk = SAEConfig(arch="topk", k=args.k, **common).to_dict()
         for decode in ("sparse", "dense"):
             name = f"geomsae_topk_{decode}"
-            geomsae[name] = {"config": topk, "decode": decode}
+            geomsae[name] = {"config": topk, "decode": decode, "amp": False}
             what = "sparse kernels" if decode == "sparse" else "dense path"
             shown[name] = ("geomsae", f"topk k={args.k} ({what})", "topk")
         saelens["saelens_topk"] = {"arch": "topk", "k": args.k}
@@ -209,14 +213,19 @@ def settings(args, common: dict) -> tuple[dict, dict, dict]:
     if args.only in ("all", "l1"):
         for a in floats(args.l1_geomsae):
             relu = SAEConfig(arch="relu", l1_coefficient=a, l1_warmup_fraction=0.05, **common)
-            geomsae[f"geomsae_relu_{a:g}"] = {"config": relu.to_dict(), "decode": "auto"}
-            shown[f"geomsae_relu_{a:g}"] = ("geomsae", f"relu L1={a:g} (auto)", "l1_geomsae")
+            for amp in (False, True) if args.bf16 else (False,):
+                name = f"geomsae_relu_{a:g}" + ("_bf16" if amp else "")
+                geomsae[name] = {"config": relu.to_dict(), "decode": "auto", "amp": amp}
+                what, family = (
+                    ("auto, bf16 autocast", "l1_geomsae_bf16") if amp else ("auto", "l1_geomsae")
+                )
+                shown[name] = ("geomsae", f"relu L1={a:g} ({what})", family)
         if args.l1_dense is not None:
             relu = SAEConfig(
                 arch="relu", l1_coefficient=args.l1_dense, l1_warmup_fraction=0.05, **common
             )
             name = f"geomsae_relu_{args.l1_dense:g}_dense"
-            geomsae[name] = {"config": relu.to_dict(), "decode": "dense"}
+            geomsae[name] = {"config": relu.to_dict(), "decode": "dense", "amp": False}
             shown[name] = ("geomsae", f"relu L1={args.l1_dense:g} (dense path)", "l1_dense")
         for a in floats(args.l1_saelens):
             saelens[f"saelens_relu_{a:g}"] = {"arch": "relu", "l1": a}
@@ -238,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--target-l0", type=float, default=None,
                    help="L0 at which the L1 sweeps are compared (default: the geometric mean "
                         "of the L0 range both sweeps cover)")  # fmt: skip
+    p.add_argument("--bf16", action="store_true",
+                   help="also train geomsae's L1 sweep under bf16 autocast (amp=True)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training run")
     p.add_argument("--saelens-python", default="/work/saelens-venv/bin/python")
@@ -302,6 +313,8 @@ def _rows(args, tmp: Path, result: dict, shown: dict, X_eval, rate: float, dense
             "dead_fraction": m.dead_fraction,
             "dense_equiv_gflops": dense_flops * tokens / s / 1e9,
             "executed_gflops": result["flops"][name] / s / 1e9,
+            "per_step_seconds": per_step,
+            "per_step_l0": result.get("l0s", {}).get(name),
         }
         row["executed_fraction_of_matmul"] = row["executed_gflops"] / rate
         rows.append(row)
@@ -336,11 +349,11 @@ def at_l0(rows: list[dict], l0: float) -> dict | None:
     return None
 
 
-def equal_l0(rows: list[dict], target: float | None) -> list[dict]:
+def equal_l0(rows: list[dict], target: float | None, family: str = "l1_geomsae") -> list[dict]:
     """geomsae's and SAELens' L1 sweeps compared at equal L0: at the L0 of every SAELens sweep
     point inside geomsae's range (geomsae interpolated), and at ``target`` or the geometric
     mean of the range both cover (both interpolated)."""
-    ours = [r for r in rows if r["family"] == "l1_geomsae"]
+    ours = [r for r in rows if r["family"] == family]
     theirs = [r for r in rows if r["family"] == "l1_saelens"]
     if len(ours) < 2 or not theirs:
         return []
@@ -368,7 +381,7 @@ def equal_l0(rows: list[dict], target: float | None) -> list[dict]:
 def dominating(rows: list[dict]) -> list[dict]:
     """Pairs (geomsae, SAELens) of L1 SAEs where geomsae's is at least as sparse (L0) *and*
     at least as accurate (FVU): no interpolation needed to call it no worse."""
-    ours = [r for r in rows if r["family"] == "l1_geomsae"]
+    ours = [r for r in rows if r["family"] in ("l1_geomsae", "l1_geomsae_bf16")]
     theirs = [r for r in rows if r["family"] == "l1_saelens"]
     return [
         {
@@ -408,6 +421,7 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
         "topk_vs_saelens": ratio("geomsae_topk_sparse", "saelens_topk"),
         "topk_dense_vs_saelens": ratio("geomsae_topk_dense", "saelens_topk"),
         "l1_at_equal_l0": equal_l0(rows, args.target_l0),
+        "l1_bf16_at_equal_l0": equal_l0(rows, args.target_l0, "l1_geomsae_bf16"),
         "l1_dominating": dominating(rows),
     }
     (out / "bench_sae.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -427,9 +441,11 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
               f"vs SAELens {d['saelens']} (L0 {d['l0'][1]:.0f}, FVU {d['fvu'][1]:.4f}): "
               f"{d['speedup']:.2f}x tokens/s ({d['last_quarter_speedup']:.2f}x over the last "
               "quarter)")  # fmt: skip
-    for eq in report["l1_at_equal_l0"]:
+    equal = [("", eq) for eq in report["l1_at_equal_l0"]]
+    equal += [("bf16 autocast ", eq) for eq in report["l1_bf16_at_equal_l0"]]
+    for tag, eq in equal:
         g, s = eq["geomsae"], eq["saelens"]
-        print(f"l1 at L0 {eq['l0']:.0f} (SAELens {', '.join(s['between'])}): geomsae/SAELens "
+        print(f"{tag}l1 at L0 {eq['l0']:.0f} (SAELens {', '.join(s['between'])}): geomsae/SAELens "
               f"tokens/s = {eq['speedup']:.2f}x ({g['tokens_per_s']:.0f} vs "
               f"{s['tokens_per_s']:.0f}; last quarter of the steps "
               f"{eq['last_quarter_speedup']:.2f}x); FVU {g['fvu']:.4f} vs {s['fvu']:.4f}; "

@@ -107,7 +107,7 @@ def test_data_seed_sets_the_data_order_and_must_be_shared(monkeypatch):
         train_many([cfg(), cfg(data_seed=1)], X, progress=False)
 
 
-@pytest.mark.parametrize("arch", ["relu", "tied_relu", "topk"])
+@pytest.mark.parametrize("arch", ["relu", "tied_relu", "topk", "jumprelu"])
 def test_sparse_and_dense_paths_train_to_the_same_weights(arch):
     """Whole runs (Adam, L1 warm-up, unit-norm constraint) through either path agree; the
     sparse kernels change only the floating-point summation order."""

@@ -48,6 +48,8 @@ from geomsae.sae.sparse import (
     codes_from_topk,
     dense_codes,
     gather_pre_acts,
+    linear_nograd,
+    relu_codes,
     sparse_decode,
     sparse_wins,
 )
@@ -113,6 +115,7 @@ class SAE(Dictionary):
         self.b_dec = nn.Parameter(torch.zeros(self.d_in, **kw))
         self.register_buffer("input_scale", torch.ones((), **kw))
         self.decode_impl = "auto"  # training path: "sparse" | "dense" | "auto" (see _use_sparse)
+        self._workspace: dict = {}  # CPU buffers reused between training steps (sparse.py)
 
     # ----- weights -------------------------------------------------------------------------
     def _init_weights(self, w: Tensor) -> None:
@@ -251,23 +254,28 @@ class ReLUSAE(SAE):
         matmul runs on the active (sample, feature) pairs; the loss and gradients equal the
         dense path's up to floating-point rounding.
         """
-        xc = x - self.b_dec
-        pre = centred_linear(x, self.encoder_weight, self.b_enc, self.b_dec)  # (n, d_sae)
-        if self._use_sparse(x):
-            n_active = int(torch.count_nonzero(pre.detach() > 0))  # ~1% of a dense step
-            if self.decode_impl == "sparse" or sparse_wins(n_active, *pre.shape):
-                return self._sparse_step(x, xc, codes_from_positive(pre), ctx)
-        f = F.relu(pre)
-        x_hat = f @ self.W_dec + self.b_dec
+        with torch.no_grad():  # both paths write the gradient through the encoder out
+            xc = x - self.b_dec
+            f = linear_nograd(xc, self.encoder_weight, self.b_enc, self._workspace).relu_()
+            active = f > 0
+            n_active = int(torch.count_nonzero(active))  # ~1% of a dense step
+        if self._use_sparse(x) and (
+            self.decode_impl == "sparse" or sparse_wins(n_active, *f.shape)
+        ):
+            return self._sparse_step(x, xc, codes_from_positive(f, active), ctx)
+        del active
+        dec, per_feature = relu_codes(
+            f, xc, self.encoder_weight, self.b_enc, self.b_dec, self.W_dec, self._workspace
+        )
+        x_hat = dec + self.b_dec
         mse = reconstruction_loss(x, x_hat)
-        l1 = (f * self._decoder_norms()).sum(1).mean()
+        l1 = (per_feature * self._decoder_norms()).sum() / x.shape[0]
         loss = mse + ctx.sparsity_coefficient * l1
-        active = f > 0
         return StepOutput(
             loss,
             x_hat.detach(),
-            active.any(0),
-            active.sum(1).float().mean().item(),
+            per_feature.detach() > 0,
+            n_active / x.shape[0],
             {"mse": mse.item(), "sparsity": l1.item(), "aux": 0.0},
         )
 
@@ -354,8 +362,7 @@ class TopKSAE(SAE):
         sparse = self._use_sparse(x)
         xc = x - self.b_dec
         if sparse:
-            with torch.no_grad():
-                pre = F.linear(xc, self.encoder_weight, self.b_enc)
+            pre = linear_nograd(xc, self.encoder_weight, self.b_enc, self._workspace)
             pre_nograd = pre
         else:
             pre = centred_linear(x, self.encoder_weight, self.b_enc, self.b_dec)
@@ -470,9 +477,23 @@ class JumpReLUSAE(SAE):
         return F.relu(pre) * (pre > self.threshold)
 
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
+        """Reconstruction + lambda * L0 (straight-through in the thresholds).
+
+        On the sparse path (as for :class:`ReLUSAE`) the kernels run on the entries with
+        ``pre > theta - bandwidth / 2``: the active ones and those in the rectangle kernel's
+        window below the threshold, the only entries with a threshold gradient.
+        """
+        bw = self.config.jumprelu_bandwidth
+        if self._use_sparse(x):
+            with torch.no_grad():
+                xc = x - self.b_dec
+                pre = linear_nograd(xc, self.encoder_weight, self.b_enc, self._workspace)
+                keep = pre > self.threshold - bw / 2
+            n_keep = int(torch.count_nonzero(keep))
+            if self.decode_impl == "sparse" or sparse_wins(n_keep, *pre.shape):
+                return self._sparse_step(x, xc, codes_from_positive(pre, keep), ctx)
         pre = centred_linear(x, self.encoder_weight, self.b_enc, self.b_dec)
         theta = self.threshold
-        bw = self.config.jumprelu_bandwidth
         f = jumprelu(pre, theta, bw)
         x_hat = f @ self.W_dec + self.b_dec
         mse = reconstruction_loss(x, x_hat)
@@ -484,6 +505,29 @@ class JumpReLUSAE(SAE):
             x_hat.detach(),
             active.any(0),
             active.sum(1).float().mean().item(),
+            {"mse": mse.item(), "sparsity": l0.item(), "aux": 0.0},
+        )
+
+    def _sparse_step(
+        self, x: Tensor, xc: Tensor, codes: SparseCodes, ctx: StepContext
+    ) -> StepOutput:
+        """The same loss through the sparse kernels, on the entries of ``codes``."""
+        n, bw = x.shape[0], self.config.jumprelu_bandwidth
+        pre = gather_pre_acts(x, self.encoder_weight, self.b_enc, self.b_dec, codes, xc)
+        theta = self.threshold[codes.cols]
+        vals = jumprelu(pre, theta, bw)
+        x_hat = sparse_decode(codes, vals, self.W_dec) + self.b_dec
+        mse = reconstruction_loss(x, x_hat)
+        l0 = jumprelu_l0(pre, theta, bw).sum() / n
+        loss = mse + ctx.sparsity_coefficient * l0
+        active = vals.detach() > 0
+        fired = torch.zeros(self.n_features, dtype=torch.bool, device=x.device)
+        fired[codes.cols[active]] = True
+        return StepOutput(
+            loss,
+            x_hat.detach(),
+            fired,
+            int(active.sum()) / n,
             {"mse": mse.item(), "sparsity": l0.item(), "aux": 0.0},
         )
 

@@ -77,8 +77,8 @@ class _JumpReLU(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         bw = ctx.bandwidth
         grad_pre = g * (pre > theta).to(g.dtype)
-        grad_theta = (-(theta / bw) * _rectangle((pre - theta) / bw) * g).sum(0)
-        return grad_pre, grad_theta, None
+        grad_theta = -(theta / bw) * _rectangle((pre - theta) / bw) * g
+        return grad_pre, grad_theta.sum_to_size(theta.shape), None
 
 
 class _Step(torch.autograd.Function):
@@ -92,13 +92,14 @@ class _Step(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         pre, theta = ctx.saved_tensors
         bw = ctx.bandwidth
-        grad_theta = (-(1.0 / bw) * _rectangle((pre - theta) / bw) * g).sum(0)
-        return None, grad_theta, None
+        grad_theta = -(1.0 / bw) * _rectangle((pre - theta) / bw) * g
+        return None, grad_theta.sum_to_size(theta.shape), None
 
 
 def jumprelu(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
     """``pre * H(pre - theta)``; d/dtheta by the rectangle-kernel pseudo-derivative
-    ``-(theta / eps) K((pre - theta) / eps)`` (Rajamanoharan et al. 2024, eq. 11)."""
+    ``-(theta / eps) K((pre - theta) / eps)`` (Rajamanoharan et al. 2024, eq. 11). ``theta`` is
+    (d_sae,) for ``pre`` of shape (n, d_sae), or per entry (same shape as ``pre``)."""
     return _JumpReLU.apply(pre, theta, bandwidth)
 
 

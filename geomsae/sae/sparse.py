@@ -62,16 +62,29 @@ class SparseCodes(NamedTuple):
     sorted_cols: bool = False
 
 
-SPARSE_MAX_DENSITY = 0.2
-"""Largest fraction of non-zero codes at which ``"auto"`` trains a ReLU SAE on the CPU through
-the sparse kernels. Measured on the 2-core CPU, one thread (d_in=576, d_sae=4608, 4096 samples,
-forward and backward, best of 3): 0.72 s sparse vs 1.59 s dense at density 0.06 (L0 276),
-0.89 vs 1.82 s at 0.1, 1.44 vs 1.66 s at 0.15, 1.53 vs 1.58 s at 0.2 and 2.91 vs 1.59 s at 0.3."""
+SPARSE_MAX_DENSITY = 0.15
+"""Largest fraction of non-zero codes at which ``"auto"`` trains a ReLU or JumpReLU SAE on the
+CPU through the sparse kernels. Measured on the 2-core CPU, one thread (d_in=576, d_sae=4608,
+4096 samples, a whole training step, sparse vs dense, median of 4 interleaved): 0.79 vs 1.60 s
+at density 0.05, 1.21 vs 1.56 s at 0.1, 1.45 vs 1.52 s at 0.15, 1.73 vs 1.44 s at 0.2 and
+2.39 vs 1.36 s at 0.3."""
+
+SPARSE_MAX_DENSITY_BF16 = 0.08
+"""The same under bf16 autocast (``train(..., amp=True)``), where the dense matmuls run about
+twice as fast and the sparse kernels stay in float32: 0.56 vs 0.85 s at density 0.05, 0.92 vs
+0.84 s at 0.1 and 1.44 vs 0.88 s at 0.15."""
 
 
-def sparse_wins(n_nonzero: int, n_samples: int, n_features: int) -> bool:
-    """Whether the sparse kernels beat dense matmuls for codes with ``n_nonzero`` entries."""
-    return n_nonzero <= SPARSE_MAX_DENSITY * n_samples * n_features
+def sparse_wins(n_nonzero: int, n_samples: int, n_features: int, bf16: bool | None = None) -> bool:
+    """Whether the sparse kernels beat dense matmuls for codes with ``n_nonzero`` entries.
+
+    ``bf16``: whether the dense matmuls would run under bf16 autocast (default: whether CPU
+    autocast is on now).
+    """
+    if bf16 is None:
+        bf16 = torch.is_autocast_enabled("cpu")
+    limit = SPARSE_MAX_DENSITY_BF16 if bf16 else SPARSE_MAX_DENSITY
+    return n_nonzero <= limit * n_samples * n_features
 
 
 class _CentredLinear(torch.autograd.Function):
@@ -80,6 +93,7 @@ class _CentredLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, b_dec):  # noqa: D102
+        ctx.amp = _autocast_state(x.device.type)
         xc = x - b_dec
         ctx.save_for_backward(xc, weight)
         return F.linear(xc, weight, bias)
@@ -88,9 +102,10 @@ class _CentredLinear(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         xc, weight = ctx.saved_tensors
         need_x, need_w, need_b, need_bdec = ctx.needs_input_grad
-        col_sum = g.sum(0)
-        grad_x = g @ weight if need_x else None
-        grad_w = g.T @ xc if need_w else None
+        col_sum = g.sum(0, dtype=weight.dtype)
+        with torch.autocast(xc.device.type, ctx.amp or torch.bfloat16, ctx.amp is not None):
+            grad_x = (g @ weight).to(xc.dtype) if need_x else None
+            grad_w = (g.T @ xc).to(weight.dtype) if need_w else None
         grad_bdec = -(col_sum @ weight) if need_bdec else None
         return grad_x, grad_w, col_sum if need_b else None, grad_bdec
 
@@ -99,11 +114,96 @@ def centred_linear(x: Tensor, weight: Tensor, bias: Tensor, b_dec: Tensor) -> Te
     """Pre-activations ``(x - b_dec) @ weight.T + bias``, shape (n_samples, n_features).
 
     Same values and gradients as autograd of the formula, with five dense matmuls per SAE
-    step instead of six. Under autocast (bf16 on CUDA) it is the plain formula.
+    step instead of six. Under autocast (bf16) its matmuls, backward included, run in bf16.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        return F.linear(x - b_dec, weight, bias)
     return _CentredLinear.apply(x, weight, bias, b_dec)
+
+
+def _autocast_state(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None (custom backwards run outside
+    autocast, so they re-enter it with this state, as ``torch.amp.custom_bwd`` does)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _buffer(workspace: dict | None, name: str, shape, dtype: torch.dtype, device) -> Tensor | None:
+    """A CPU buffer kept in ``workspace`` between training steps (None: allocate afresh).
+
+    glibc serves allocations over 32 MB with fresh pages, so every new (4096, 4608) float32
+    temporary costs ~30 ms of page faults on this CPU, as much as a few sparse kernels.
+    Autograd's version counter turns any use of a buffer overwritten since into an error.
+    """
+    if workspace is None or torch.device(device).type != "cpu":
+        return None
+    buf = workspace.get(name)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+        buf = workspace[name] = torch.empty(shape, dtype=dtype)
+    return buf
+
+
+def linear_nograd(x: Tensor, weight: Tensor, bias: Tensor, workspace: dict | None = None) -> Tensor:
+    """``x @ weight.T + bias`` without gradient, in the autocast dtype when autocast is on; on
+    the CPU written into ``workspace["pre"]`` (see :func:`_buffer`) when a dict is given."""
+    dt = _autocast_state(x.device.type) or weight.dtype
+    with torch.no_grad():
+        out = _buffer(workspace, "pre", (x.shape[0], weight.shape[0]), dt, x.device)
+        if out is None:
+            return F.linear(x, weight, bias)
+        return torch.addmm(bias.to(dt), x.to(dt), weight.to(dt).T, out=out)
+
+
+class _ReLUCodes(torch.autograd.Function):
+    """Decoding ``f @ W_dec`` and per-feature sums ``f.sum(0)`` of ReLU codes ``f`` computed
+    without gradient, with a fused backward through the encoder."""
+
+    @staticmethod
+    def forward(ctx, f, xc, enc_weight, b_enc, b_dec, W_dec, workspace):  # noqa: D102
+        ctx.dtype = _autocast_state(f.device.type) or W_dec.dtype  # of the matmuls
+        ctx.workspace = workspace
+        ctx.save_for_backward(f, xc, enc_weight, W_dec)
+        return f @ W_dec, f.sum(0, dtype=W_dec.dtype)
+
+    @staticmethod
+    def backward(ctx, g_dec, g_sum):  # noqa: D102
+        f, xc, enc_weight, W_dec = ctx.saved_tensors
+        need_enc, need_benc, need_bdec, need_dec = ctx.needs_input_grad[2:6]
+        dt = ctx.dtype
+        n, p = f.shape
+        g_dec = (W_dec.new_zeros(n, W_dec.shape[1]) if g_dec is None else g_dec).to(dt)
+        g_sum = (W_dec.new_zeros(p) if g_sum is None else g_sum).to(dt)
+        w_dec, f = W_dec.to(dt), f.to(dt)
+        # the code gradient, with the per-feature term broadcast as the matmul's bias, then
+        # masked by the ReLU in place
+        out = _buffer(ctx.workspace, "grad", (n, p), dt, f.device)
+        g_pre = torch.addmm(g_sum, g_dec, w_dec.T, out=out)
+        torch.ops.aten.threshold_backward.grad_input(g_pre, f, 0, grad_input=g_pre)
+        grad_benc = g_pre.sum(0, dtype=enc_weight.dtype)
+        grad_enc = (g_pre.T @ xc.to(dt)).to(enc_weight.dtype) if need_enc else None
+        grad_dec = (f.T @ g_dec).to(W_dec.dtype) if need_dec else None
+        grad_bdec = -(grad_benc @ enc_weight) if need_bdec else None
+        return None, None, grad_enc, grad_benc if need_benc else None, grad_bdec, grad_dec, None
+
+
+def relu_codes(
+    f: Tensor,
+    xc: Tensor,
+    enc_weight: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    W_dec: Tensor,
+    workspace: dict | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(f @ W_dec, f.sum(0))`` for ``f = ReLU((x - b_dec) @ enc_weight.T + b_enc)`` given
+    *without* gradient (``xc = x - b_dec``), differentiable in the four parameters.
+
+    The dense training step of a ReLU SAE: the same five matmuls as autograd of the formula,
+    but the code gradient takes the L1 term as the bias of its matmul and is masked in place,
+    so a step makes a few passes over the (n_samples, n_features) codes instead of about a
+    dozen. Under autocast (bf16) the backward's matmuls run in bf16 too. ``workspace`` keeps
+    the code gradient's buffer between steps on the CPU (see :func:`linear_nograd`).
+    """
+    return _ReLUCodes.apply(f, xc.detach(), enc_weight, b_enc, b_dec, W_dec, workspace)
 
 
 def group_by_feature(cols: Tensor, n_features: int) -> tuple[Tensor, Tensor]:
@@ -131,14 +231,16 @@ def codes_from_topk(values: Tensor, indices: Tensor, n_features: int) -> SparseC
     return SparseCodes(rows, cols, offsets, values.reshape(-1), *group_by_feature(cols, n_features))
 
 
-def codes_from_positive(pre: Tensor) -> SparseCodes:
-    """Row-major sparse codes of the positive entries of ``pre`` (n_samples, n_features).
+def codes_from_positive(pre: Tensor, keep: Tensor | None = None) -> SparseCodes:
+    """Row-major sparse codes of the positive entries of ``pre`` (n_samples, n_features), or
+    of the entries where ``keep`` (bool, same shape) is true.
 
     The entries of a ReLU's active set, in CSR order (features increasing within each sample).
     """
     n, p = pre.shape
     pre = pre.detach().contiguous()
-    flat = (pre > 0).view(-1).nonzero().squeeze(1)  # row-major, so rows are non-decreasing
+    keep = pre > 0 if keep is None else keep.contiguous()
+    flat = keep.view(-1).nonzero().squeeze(1)  # row-major, so rows are non-decreasing
     rows = torch.div(flat, p, rounding_mode="floor")
     cols = flat - rows * p
     offsets = torch.searchsorted(flat, torch.arange(0, n * p, p, device=pre.device))
