@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/bench_dimension.py [--part speed accuracy] [--n 5000 20000]
         [--dim 576] [--only mle twonn ...] [--lpca-subset 200] [--cache FILE] [--seed 0]
-        [--threads N]
+        [--threads N] [--repeat 3]
 
 **Speed** (``--part speed``): the same data for both libraries -- a 10-dimensional Gaussian
 rotated into ``R^dim`` (576 = SmolLM2's residual stream) plus isotropic noise 0.01 -- at each
 ``--n``. For every estimator both libraries have, the wall time of each (one run, same process),
-the ratio skdim / geomsae and both estimates. Pointwise comparisons use identical
+the ratio skdim / geomsae and both estimates (each time the best of ``--repeat`` interleaved runs
+where skdim's takes under 30 s). Pointwise comparisons use identical
 neighbourhoods. skdim's pointwise local PCA is a Python loop over points (~270 s at n = 5000 on
 this 2-core machine), so it is timed on ``--lpca-subset`` random query points (neighbourhoods
 from the full data) and extrapolated linearly to all points, plus the time of its full k-NN
@@ -145,6 +146,13 @@ def run_speed(args: argparse.Namespace) -> None:
             else:
                 t_sk, est_sk, note = theirs()
                 cache[key] = [t_sk, est_sk, note]
+            if args.repeat > 1 and t_sk < 30 and "cached" not in note:
+                # best of --repeat runs each, interleaved (the machine's load drifts)
+                for _ in range(args.repeat - 1):
+                    t_ours = min(t_ours, _timed(ours)[0])
+                    t_sk = min(t_sk, theirs()[0])
+                note = (note + "; " if note else "") + f"best of {args.repeat}"
+                cache[key] = [t_sk, est_sk, note]
             if name.startswith("lPCA pointwise") and hasattr(theirs, "subset"):
                 sub, sk_pw = theirs.subset
                 agree = float(np.mean(ours.pw[sub] == sk_pw))
@@ -250,6 +258,12 @@ def main() -> None:
     p.add_argument("--lpca-subset", type=int, default=200, help="skdim pointwise lPCA queries")
     p.add_argument("--cache", default=None, help="JSON file caching skdim's timings/estimates")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="speed: best of this many runs of each library (those under 30 s, not cached)",
+    )
     p.add_argument(
         "--threads", type=int, default=None, help="threads for torch AND numpy/BLAS (both sides)"
     )
