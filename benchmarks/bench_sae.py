@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_sae.py [--only all|topk|l1] [--steps 40]
         [--threads 1] [--k 32] [--l1-geomsae 2,6,16,40] [--l1-saelens 4,8,16] [--l1-dense A]
+        [--bf16]
         [--target-l0 L0] [--tokens 262144] [--eval-tokens 16384]
         [--saelens-python /work/saelens-venv/bin/python] [--out DIR]
 
@@ -23,6 +24,8 @@ Settings (d_sae = 4608 = 8 x 576):
   both cover (``--target-l0`` to choose it). geomsae runs with ``decode="auto"``, so each step
   picks the sparse kernels or the dense path from its density (early steps, with about half
   the codes on, are dense); ``--l1-dense A`` adds a dense-path run at alpha A for reference.
+  ``--bf16`` adds geomsae runs under bf16 autocast (``train(..., amp=True)``; TopK and every
+  alpha of the sweep), reported as separate rows and ratios (SAELens runs in float32).
   Tokens/s is reported over the whole run and over its last quarter (by then L0 has fallen,
   which is the regime of a long run).
 
@@ -169,9 +172,11 @@ print("RESULT " + json.dumps({"seconds": seconds, "flops": flops, "l0s": l0s,
 """
 
 
-def matmul_gflops(m: int = 4096, k: int = 576, n: int = 4608, repeats: int = 7) -> float:
-    """Best-of-``repeats`` fp32 GFLOP/s of an (m, k) @ (k, n) product on this CPU."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def matmul_gflops(
+    m: int = 4096, k: int = 576, n: int = 4608, repeats: int = 7, dtype=torch.float32
+) -> float:
+    """Best-of-``repeats`` GFLOP/s of an (m, k) @ (k, n) product on this CPU."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -208,6 +213,10 @@ def settings(args, common: dict) -> tuple[dict, dict, dict]:
             geomsae[name] = {"config": topk, "decode": decode, "amp": False}
             what = "sparse kernels" if decode == "sparse" else "dense path"
             shown[name] = ("geomsae", f"topk k={args.k} ({what})", "topk")
+        if args.bf16:
+            name = "geomsae_topk_sparse_bf16"
+            geomsae[name] = {"config": topk, "decode": "sparse", "amp": True}
+            shown[name] = ("geomsae", f"topk k={args.k} (sparse kernels, bf16 autocast)", "topk")
         saelens["saelens_topk"] = {"arch": "topk", "k": args.k}
         shown["saelens_topk"] = ("SAELens", f"topk k={args.k}", "topk")
     if args.only in ("all", "l1"):
@@ -248,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="L0 at which the L1 sweeps are compared (default: the geometric mean "
                         "of the L0 range both sweeps cover)")  # fmt: skip
     p.add_argument("--bf16", action="store_true",
-                   help="also train geomsae's L1 sweep under bf16 autocast (amp=True)")  # fmt: skip
+                   help="also train geomsae under bf16 autocast (amp=True)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training run")
     p.add_argument("--saelens-python", default="/work/saelens-venv/bin/python")
@@ -269,8 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
     d_in = X.shape[1]
     d_sae = D_SAE_FACTOR * d_in
     rate = matmul_gflops(k=d_in, n=d_sae)
+    rate_bf16 = matmul_gflops(k=d_in, n=d_sae, dtype=torch.bfloat16) if args.bf16 else None
     print(f"activations: {len(X)} x {d_in} ({store.hook}); dense fp32 matmul {rate:.1f} GFLOP/s "
           f"on {args.threads} thread(s)")  # fmt: skip
+    if rate_bf16:
+        print(f"dense bf16 matmul {rate_bf16:.1f} GFLOP/s")
     warmup, decay = max(1, args.steps // 10), args.steps // 5
     common = dict(d_in=d_in, n_features=d_sae, batch_size=BATCH, lr=args.lr, seed=args.seed,
                   train_tokens=args.steps * BATCH, lr_warmup_steps=warmup,
@@ -288,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = _rows(args, tmp, result, shown, X_eval, rate, d_in * d_sae * 10)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _report(args, out, store, X, rate, rows)
+    return _report(args, out, store, X, rate, rows, rate_bf16)
 
 
 def _rows(args, tmp: Path, result: dict, shown: dict, X_eval, rate: float, dense_flops: int):
@@ -398,7 +410,7 @@ def dominating(rows: list[dict]) -> list[dict]:
     ]
 
 
-def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
+def _report(args, out: Path, store, X, rate: float, rows: list[dict], rate_bf16=None) -> dict:
     """Ratios against SAELens, written to ``out/bench_sae.json`` and printed."""
     by_name = {r["name"]: r for r in rows}
 
@@ -413,6 +425,7 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
     report = {
         "activations": {"hook": store.hook, "rows": len(X), "d_in": X.shape[1]},
         "matmul_gflops": rate,
+        "matmul_gflops_bf16": rate_bf16,
         "torch_threads": args.threads,
         "load_average": os.getloadavg(),
         "steps": args.steps,
@@ -420,6 +433,7 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
         "rows": rows,
         "topk_vs_saelens": ratio("geomsae_topk_sparse", "saelens_topk"),
         "topk_dense_vs_saelens": ratio("geomsae_topk_dense", "saelens_topk"),
+        "topk_bf16_vs_saelens": ratio("geomsae_topk_sparse_bf16", "saelens_topk"),
         "l1_at_equal_l0": equal_l0(rows, args.target_l0),
         "l1_bf16_at_equal_l0": equal_l0(rows, args.target_l0, "l1_geomsae_bf16"),
         "l1_dominating": dominating(rows),
@@ -427,7 +441,7 @@ def _report(args, out: Path, store, X, rate: float, rows: list[dict]) -> dict:
     (out / "bench_sae.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(rows))
     print(f"dense fp32 matmul: {rate:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f}")
-    for name in ("topk_vs_saelens", "topk_dense_vs_saelens"):
+    for name in ("topk_vs_saelens", "topk_dense_vs_saelens", "topk_bf16_vs_saelens"):
         r = report[name]
         if r is not None:
             print(f"{name}: geomsae/SAELens tokens/s = {r['speedup']:.2f}x; FVU "

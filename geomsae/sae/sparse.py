@@ -51,6 +51,8 @@ class SparseCodes(NamedTuple):
     sorted_cols : bool
         Whether ``cols`` increase within each sample (a valid CSR layout), which lets the code
         gradient use ``torch.sparse.sampled_addmm``.
+    rows_by_feature : Tensor of int64, shape (nnz,), optional
+        ``rows[order]``, gathered once for both weight gradients (None: gathered when used).
     """
 
     rows: Tensor
@@ -60,6 +62,7 @@ class SparseCodes(NamedTuple):
     order: Tensor
     col_offsets: Tensor
     sorted_cols: bool = False
+    rows_by_feature: Tensor | None = None
 
 
 SPARSE_MAX_DENSITY = 0.15
@@ -221,6 +224,13 @@ def group_by_feature(cols: Tensor, n_features: int) -> tuple[Tensor, Tensor]:
     return order, torch.cumsum(counts, 0) - counts
 
 
+def _codes(rows, cols, offsets, values, n_features: int, sorted_cols: bool = False) -> SparseCodes:
+    order, col_offsets = group_by_feature(cols, n_features)
+    return SparseCodes(
+        rows, cols, offsets, values, order, col_offsets, sorted_cols, rows_by_feature=rows[order]
+    )
+
+
 def codes_from_topk(values: Tensor, indices: Tensor, n_features: int) -> SparseCodes:
     """Row-major sparse codes from a per-row top-k, shapes (n, k)."""
     n, k = indices.shape
@@ -228,7 +238,7 @@ def codes_from_topk(values: Tensor, indices: Tensor, n_features: int) -> SparseC
     rows = torch.arange(n, device=dev).repeat_interleave(k)
     offsets = torch.arange(0, n * k, k, device=dev)
     cols = indices.reshape(-1)
-    return SparseCodes(rows, cols, offsets, values.reshape(-1), *group_by_feature(cols, n_features))
+    return _codes(rows, cols, offsets, values.reshape(-1), n_features)
 
 
 def codes_from_positive(pre: Tensor, keep: Tensor | None = None) -> SparseCodes:
@@ -245,7 +255,7 @@ def codes_from_positive(pre: Tensor, keep: Tensor | None = None) -> SparseCodes:
     cols = flat - rows * p
     offsets = torch.searchsorted(flat, torch.arange(0, n * p, p, device=pre.device))
     values = pre.view(-1)[flat]
-    return SparseCodes(rows, cols, offsets, values, *group_by_feature(cols, p), sorted_cols=True)
+    return _codes(rows, cols, offsets, values, p, sorted_cols=True)
 
 
 def codes_from_mask(values: Tensor, indices: Tensor, keep: Tensor, n_features: int) -> SparseCodes:
@@ -255,7 +265,7 @@ def codes_from_mask(values: Tensor, indices: Tensor, keep: Tensor, n_features: i
     offsets = torch.cumsum(counts, 0) - counts
     rows = torch.arange(n, device=indices.device).repeat_interleave(counts)
     cols = indices[keep]
-    return SparseCodes(rows, cols, offsets, values[keep], *group_by_feature(cols, n_features))
+    return _codes(rows, cols, offsets, values[keep], n_features)
 
 
 def grouped_sum(codes: SparseCodes, weights: Tensor, src: Tensor) -> Tensor:
@@ -265,7 +275,7 @@ def grouped_sum(codes: SparseCodes, weights: Tensor, src: Tensor) -> Tensor:
     """
     o = codes.order
     return F.embedding_bag(
-        codes.rows[o],
+        codes.rows[o] if codes.rows_by_feature is None else codes.rows_by_feature,
         src,
         codes.col_offsets,
         mode="sum",
