@@ -231,6 +231,29 @@ def test_radius_neighbors_cap():
     np.testing.assert_allclose(np.sort(G[0].data), knn(X, 4).distances[0], atol=1e-12)
 
 
+@pytest.mark.parametrize("cap", [None, 3])
+def test_screened_brute_radius_graph_equals_the_float64_expansion(monkeypatch, cap):
+    import geomsae.neighbors.radius as rad
+
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(700, 80)) @ rng.normal(size=(80, 80)) + 20.0
+    X[:10] *= 6.0  # outlier norms
+    X[50] = X[40]  # a duplicate: an explicit zero
+    r = float(np.median(knn(X, 5).distances[:, -1]))
+    screened = radius_neighbors(X, r, max_neighbors=cap, method="brute", block_size=128)
+    monkeypatch.setattr(rad, "auto_screen_dtype", lambda *a: torch.float64)
+    exact = radius_neighbors(X, r, max_neighbors=cap, method="brute", block_size=128)
+    monkeypatch.undo()
+    monkeypatch.setattr(rad, "_MAX_CANDIDATES_PER_ROW", 0)  # every block falls back
+    fallback = radius_neighbors(X, r, max_neighbors=cap, method="brute", block_size=128)
+    for G in (screened, fallback):
+        np.testing.assert_array_equal(G.indptr, exact.indptr)
+        np.testing.assert_array_equal(G.indices, exact.indices)
+        np.testing.assert_allclose(G.data, exact.data, rtol=1e-12, atol=1e-12)
+    assert screened[40, 50] == 0.0 and 50 in screened[40].indices
+    assert exact.nnz > 2 * len(X)  # the radius is not vacuous
+
+
 def test_find_and_remove_duplicates():
     X = np.array([[0.0, 1.0], [2.0, 3.0], [0.0, 1.0], [-0.0, 1.0], [5.0, 5.0]])
     np.testing.assert_array_equal(find_duplicates(X), [False, False, True, True, False])

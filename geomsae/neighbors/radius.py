@@ -10,7 +10,14 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from geomsae.neighbors.brute import Reference, block_rows, matmul, row_sq
+from geomsae.neighbors.brute import (
+    Reference,
+    auto_screen_dtype,
+    block_rows,
+    matmul,
+    refine_pairs,
+    row_sq,
+)
 from geomsae.neighbors.checks import as_tensor, check_points
 from geomsae.neighbors.plan import plan_radius
 from geomsae.neighbors.projected import projected_radius
@@ -80,10 +87,17 @@ def radius_neighbors(
     if chosen is not None:
         r, c, v = projected_radius(Xt, everyone, ref, radius, chosen, block_size=block_size)
         if max_neighbors is not None:
+            over = int((torch.bincount(r, minlength=n) > cap).sum())
+            if over:
+                logger.warning(
+                    "radius_neighbors: max_neighbors=%d truncated %d of %d rows", cap, over, n
+                )
             r, c, v = _cap_rows(r, c, v, n, cap)
         return _csr(r, c, v, n)
     bs = block_size or min(512, block_rows(n, 2 * Xt.shape[1], None))  # cache-sized blocks
     x_sq = row_sq(Xt)
+    ref = Reference(Xt, torch.zeros_like(Xt[0]), x_sq)  # already centred
+    dtype = auto_screen_dtype(n, 1, n - 1, Xt.is_cuda, Xt.shape[1])
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
     slack = 1e-9 * (float(x_sq.max()) + radius**2) + 1e-300
     rows_all, cols_all, vals_all = [], [], []
@@ -91,35 +105,80 @@ def radius_neighbors(
     for start in range(0, n, bs):
         Qb = Xt[start : start + bs]
         b = Qb.shape[0]
-        d2 = matmul(Qb, Xt.T).mul_(-2.0).add_(x_sq).add_(x_sq[start : start + bs, None])
-        rows = torch.arange(b, device=d2.device)
-        d2[rows, start + rows] = math.inf
-        within = d2 <= radius**2 + slack
+        found = None if dtype == torch.float64 else _screened_block(Qb, start, ref, radius, dtype)
+        if found is None:
+            found = _expansion_block(Qb, start, Xt, x_sq, radius, slack)
+        r, c, dist = found
         if max_neighbors is not None:
-            counts = within.sum(1)
-            truncated += int((counts > cap).sum())
-            if bool((counts > cap).any()):
-                kth = torch.topk(d2, cap, dim=1, largest=False).values[:, -1:]
-                within &= d2 <= kth  # ties at the cap may keep a few extra
-        r, c = torch.nonzero(within, as_tuple=True)
-        # the float64 expansion on centred data is accurate to ~1e-16 of the squared norms;
-        # near-duplicate pairs, where that is not enough, are re-measured directly (as knn)
-        d2_rc = d2[r, c].clamp_min(0)
-        del d2, within
-        close = d2_rc < 1e-8 * (x_sq[start + r] + x_sq[c])
-        if bool(close.any()):
-            p = torch.nonzero(close).flatten()
-            d2_rc[p] = ((Xt[start + r[p]] - Xt[c[p]]) ** 2).sum(1)
-        dist = torch.sqrt(d2_rc)
-        keep = dist <= radius
-        rows_all.append(start + r[keep])
-        cols_all.append(c[keep])
-        vals_all.append(dist[keep])
+            before = torch.bincount(r, minlength=b)
+            r, c, dist = _cap_rows(r, c, dist, b, cap)
+            truncated += int((before > cap).sum())
+        rows_all.append(start + r)
+        cols_all.append(c)
+        vals_all.append(dist)
     if truncated:
         logger.warning(
             "radius_neighbors: max_neighbors=%d truncated %d of %d rows", cap, truncated, n
         )
     return _csr(torch.cat(rows_all), torch.cat(cols_all), torch.cat(vals_all), n)
+
+
+_MAX_CANDIDATES_PER_ROW = 512  # beyond, measuring candidates costs more than the float64 product
+
+
+def _screened_block(
+    Qb: torch.Tensor, start: int, ref: Reference, radius: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Pairs of the block within ``radius`` by a low-precision screen (:class:`Screen`), or
+    None when its certified lower bound leaves too many candidates to measure.
+
+    Every pair whose lower bound (the product's rounding bound subtracted pair by pair, less
+    the error of forming it) is within ``radius`` is measured exactly, so none is missed.
+    """
+    b = Qb.shape[0]
+    screen = ref.screen(dtype)
+    q_sq = ref.sq[start : start + b]
+    self_b = start + torch.arange(b, device=Qb.device)
+    keys = screen.shifted(Qb, self_b, q_sq)  # lower bounds of d^2 - |q|^2
+    eps32 = torch.finfo(torch.float32).eps
+    lim = radius**2 * (1 + 1e-9) - q_sq + screen.error_bound(q_sq) + 2 * eps32 * (radius**2 + q_sq)
+    within = keys <= lim.to(keys.dtype)[:, None]
+    counts = within.sum(1)
+    if int(counts.sum()) > _MAX_CANDIDATES_PER_ROW * b:
+        return None
+    r, c = torch.nonzero(within, as_tuple=True)
+    crow = torch.zeros(b + 1, dtype=torch.long, device=Qb.device)
+    crow[1:] = torch.cumsum(counts, 0)
+    dist = refine_pairs(Qb, ref, crow, c)
+    keep = dist <= radius
+    return r[keep], c[keep], dist[keep]
+
+
+def _expansion_block(
+    Qb: torch.Tensor,
+    start: int,
+    Xt: torch.Tensor,
+    x_sq: torch.Tensor,
+    radius: float,
+    slack: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs of the block within ``radius`` from the float64 expansion ``|q|^2 + |r|^2 - 2 q.r``
+    on centred data (accurate to ~1e-16 of the squared norms); near-duplicate pairs, where that
+    is not enough, are re-measured directly (as in :func:`geomsae.neighbors.knn`)."""
+    b = Qb.shape[0]
+    d2 = matmul(Qb, Xt.T).mul_(-2.0).add_(x_sq).add_(x_sq[start : start + b, None])
+    rows = torch.arange(b, device=d2.device)
+    d2[rows, start + rows] = math.inf
+    r, c = torch.nonzero(d2 <= radius**2 + slack, as_tuple=True)
+    d2_rc = d2[r, c].clamp_min(0)
+    del d2
+    close = d2_rc < 1e-8 * (x_sq[start + r] + x_sq[c])
+    if bool(close.any()):
+        p = torch.nonzero(close).flatten()
+        d2_rc[p] = ((Xt[start + r[p]] - Xt[c[p]]) ** 2).sum(1)
+    dist = torch.sqrt(d2_rc)
+    keep = dist <= radius
+    return r[keep], c[keep], dist[keep]
 
 
 def _cap_rows(
@@ -129,10 +188,6 @@ def _cap_rows(
     counts = torch.bincount(r, minlength=n)
     if not bool((counts > cap).any()):
         return r, c, v
-    logger.warning(
-        "radius_neighbors: max_neighbors=%d truncated %d of %d rows",
-        cap, int((counts > cap).sum()), n,
-    )  # fmt: skip
     order = torch.from_numpy(np.lexsort((c.cpu().numpy(), v.cpu().numpy(), r.cpu().numpy())))
     order = order.to(r.device)
     starts = torch.cumsum(counts, 0) - counts
