@@ -206,6 +206,23 @@ def test_knn_on_gpu_matches_cpu():
     np.testing.assert_array_equal(g.indices.cpu().numpy(), knn(X, 6).indices.numpy())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_screens_on_gpu_match_cpu(dtype):
+    rng = np.random.default_rng(14)
+    X = torch.from_numpy(rng.normal(size=(3000, 96)) * rng.lognormal(0, 1, size=(3000, 1)))
+    cpu = knn(X, 10, screen_dtype=torch.float64)
+    gpu = knn(X.cuda(), 10, screen_dtype=dtype, block_size=700)
+    assert torch.equal(gpu.indices.cpu(), cpu.indices)
+    torch.testing.assert_close(gpu.distances.cpu(), cpu.distances, rtol=1e-12, atol=1e-12)
+    r = float(cpu.distances[:, 4].median())
+    a = radius_neighbors(X, r, method="brute")
+    b = radius_neighbors(X, r, method="brute", device="cuda")
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-12)
+
+
 def test_radius_neighbors_matches_brute_force_and_keeps_explicit_zeros():
     rng = np.random.default_rng(5)
     X = rng.normal(size=(150, 3))
