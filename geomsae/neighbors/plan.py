@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn, matmul, row_sq
+from geomsae.neighbors.brute import (
+    Reference,
+    auto_screen_dtype,
+    brute_knn,
+    matmul,
+    row_sq,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,26 +144,46 @@ class _BoundCounter:
         self.q_sq = (Qs * Qs).sum(1)
         self.done = 0
 
-    def counts(self, m: int, u2: torch.Tensor) -> torch.Tensor:
-        """Sorted counts of points with bound <= ``u2[i]`` for each sampled query ``i``."""
-        ref = self.ref
+    def _extend(self, m: int) -> None:
+        """Principal coordinates of the reference and the sample up to at least ``m``."""
         if m > self.P.shape[1]:
             hi = min(self.Vt.shape[0], max(m, self.P.shape[1] + 16))
             W = self.Vt[self.P.shape[1] : hi].T.contiguous()
-            self.P = torch.cat([self.P, matmul(ref.X, W)], 1)
+            self.P = torch.cat([self.P, matmul(self.ref.X, W)], 1)
             self.Pq = torch.cat([self.Pq, matmul(self.Qs, W)], 1)
-        b, a = self.P[:, self.done : m], self.Pq[:, self.done : m]
-        self.p_sq += (b * b).sum(1)
-        self.pq_sq += (a * a).sum(1)
-        self.part += ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)).float()
-        self.done = m
+
+    def _sorted_counts(
+        self, part: torch.Tensor, pq_sq: torch.Tensor, p_sq: torch.Tensor, u2: torch.Tensor
+    ) -> torch.Tensor:
         # residual norms by subtraction: fine for counting (the search uses exact ones)
-        rq = torch.sqrt((self.q_sq - self.pq_sq).clamp_min(0)).float()
-        rr = torch.sqrt((ref.sq - self.p_sq).clamp_min(0)).float()
-        lb2 = torch.sub(rq[:, None], rr[None, :]).square_().add_(self.part)
+        rq = torch.sqrt((self.q_sq - pq_sq).clamp_min(0)).float()
+        rr = torch.sqrt((self.ref.sq - p_sq).clamp_min(0)).float()
+        lb2 = torch.sub(rq[:, None], rr[None, :]).square_().add_(part)
         if self.self_s is not None:
             lb2[torch.arange(len(lb2), device=lb2.device), self.self_s] = math.inf
         return (lb2 <= u2.float()[:, None]).sum(1).sort().values
+
+    def counts(self, m: int, u2: torch.Tensor) -> torch.Tensor:
+        """Sorted counts of points with bound <= ``u2[i]`` for each sampled query ``i``."""
+        self._extend(m)
+        b = self.P[:, self.done : m].contiguous()
+        a = self.Pq[:, self.done : m].contiguous()
+        bb, aa = row_sq(b), row_sq(a)
+        self.p_sq += bb
+        self.pq_sq += aa
+        self.part += (aa[:, None] + bb[None, :] - 2.0 * matmul(a, b.T)).float()
+        self.done = m
+        return self._sorted_counts(self.part, self.pq_sq, self.p_sq, u2)
+
+    def ceiling(self, u2: torch.Tensor) -> torch.Tensor:
+        """:meth:`counts` at the most components, without advancing the incremental state:
+        the fewest points the bound can leave (it only tightens as ``m`` grows)."""
+        m = self.Vt.shape[0]
+        self._extend(m)
+        P, Pq = self.P[:, :m].contiguous(), self.Pq[:, :m].contiguous()
+        p_sq, pq_sq = row_sq(P), row_sq(Pq)
+        part = (pq_sq[:, None] + p_sq[None, :] - 2.0 * matmul(Pq, P.T)).float()
+        return self._sorted_counts(part, pq_sq, p_sq, u2)
 
     def coordinates(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's first ``m`` coordinates and squared residual norms."""
@@ -201,6 +227,7 @@ def plan(
     fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
     best: tuple[float, int, int, float] | None = None
     last_median = math.inf
+    hopeful = force
     for m in _grid(n_max):
         counts = counter.counts(m, u2)
         # c = counts[j] certifies the sample's j + 1 best-bounded queries; the rest fall back
@@ -210,6 +237,14 @@ def plan(
         j = int(torch.argmin(costs))
         if best is None or float(costs[j]) < best[0]:
             best = (float(costs[j]), m, int(c_j[j]), 1.0 - float(fail[j]))
+        if not hopeful and m >= 16 and brute_cost < _MIN_GAIN * best[0]:
+            # not worth it yet: could more components ever make it? (no screen is cheaper
+            # than this one, and no bound tighter than the one with all components)
+            floor = screen_cost + counter.ceiling(u2).clamp_min(k).double() * D * _REFINE_PER_MAC
+            if brute_cost < _MIN_GAIN * float((floor + fail * brute_cost).min()):
+                logger.debug("projection plan: declined at m=%d (hopeless)", m)
+                return None
+            hopeful = True
         median = float(counts[s // 2])
         if m >= 8 and median >= 0.97 * last_median:  # the bound stopped tightening
             break
