@@ -2,20 +2,22 @@
 
     .venv/bin/python benchmarks/bench_dimension.py [--part speed accuracy] [--n 5000 20000]
         [--dim 576] [--only mle twonn ...] [--lpca-subset 200] [--cache FILE] [--seed 0]
-        [--threads N] [--repeat 3]
+        [--threads N] [--repeat 3] [--activations 20000]
 
 **Speed** (``--part speed``): the same data for both libraries -- a 10-dimensional Gaussian
 rotated into ``R^dim`` (576 = SmolLM2's residual stream) plus isotropic noise 0.01 -- at each
-``--n``. For every estimator both libraries have, the wall time of each (one run, same process),
-the ratio skdim / geomsae and both estimates (each time the best of ``--repeat`` interleaved runs
-where skdim's takes under 30 s). Pointwise comparisons use identical
-neighbourhoods. skdim's pointwise local PCA is a Python loop over points (~270 s at n = 5000 on
-this 2-core machine), so it is timed on ``--lpca-subset`` random query points (neighbourhoods
-from the full data) and extrapolated linearly to all points, plus the time of its full k-NN
-search, measured separately; the table says so. ``--cache FILE`` stores skdim's timings and
-estimates in a JSON file and reuses them on the next run (marked "cached"). ``--threads N``
-limits torch *and* numpy/BLAS to N threads for both libraries (on a shared, oversubscribed
-machine torch's thread pool can be several times slower with 2 threads than with 1).
+``--n``, and with ``--activations N`` N deduplicated SmolLM2 layer-6 activations (the embedded
+model and corpus; see ``bench_neighbors.py``). For every estimator both libraries have, the
+wall time of each (same process), the ratio skdim / geomsae and both estimates (each time the
+best of ``--repeat`` interleaved runs where skdim's takes under 30 s). Pointwise comparisons
+use identical neighbourhoods. skdim's pointwise local PCA is a Python loop over points (~11 s
+at n = 5000 on this 2-core machine), so it is timed on ``--lpca-subset`` random query points
+(neighbourhoods from the full data) and extrapolated linearly to all points, plus the time of
+its full k-NN search, measured separately; the table says so. ``--cache FILE`` stores skdim's
+timings and estimates in a JSON file and reuses them on the next run (marked "cached").
+``--threads N`` limits torch *and* numpy/BLAS to N threads for both libraries (on a shared,
+oversubscribed machine torch's thread pool can be several times slower with 2 threads than
+with 1).
 
 **Accuracy** (``--part accuracy``): the 24 benchmark manifolds of Hein & Audibert / Campadelli
 et al. (``geomsae.manifolds.benchmark_manifolds``, N = 2500, seed 0, no noise); the relative
@@ -119,17 +121,25 @@ def run_speed(args: argparse.Namespace) -> None:
     cache = {}
     if args.cache and Path(args.cache).exists():
         cache = json.loads(Path(args.cache).read_text())
-    for n in args.n:
-        X = gaussian_blobs(
-            n, d=10, ambient_dim=args.dim, n_blobs=1, spread=0.0, noise=0.01, random_state=args.seed
-        ).X
+    sets = [(n, "gaussian") for n in args.n] + [(n, "activations") for n in args.activations]
+    for n, kind in sets:
+        if kind == "activations":
+            from bench_neighbors import activations
+
+            X = activations(n, args.seed)
+            data = f"n = {len(X)} SmolLM2 layer-6 activations (deduplicated), D = {X.shape[1]}"
+        else:
+            X = gaussian_blobs(
+                n, d=10, ambient_dim=args.dim, n_blobs=1, spread=0.0, noise=0.01,
+                random_state=args.seed,
+            ).X  # fmt: skip
+            data = f"n = {n}, D = {args.dim} (10-dim Gaussian + noise 0.01), seed {args.seed}"
         rng = np.random.default_rng(args.seed)
         cases = speed_cases(X, args.lpca_subset, rng)
         # warm-up (thread pools, allocator, sparse kernels) on both k-NN paths of geomsae
         # (brute force below 2000 points, the projected screen above): first row not penalised
         gd.mle(X[:500], 20)
         gd.mle(X[:2500], 20)
-        data = f"n = {n}, D = {args.dim} (10-dim Gaussian + noise 0.01), seed {args.seed}"
         print(f"\n### Speed: {data}\n")
         print(
             "| estimator | geomsae s | skdim s | skdim / geomsae | geomsae ID | skdim ID | note |"
@@ -139,7 +149,7 @@ def run_speed(args: argparse.Namespace) -> None:
             if args.only and not any(o.lower() in name.lower() for o in args.only):
                 continue
             t_ours, est_ours = _timed(ours)
-            key = f"{name}|n={n}|D={args.dim}|seed={args.seed}|subset={args.lpca_subset}"
+            key = f"{name}|{kind}|n={n}|D={X.shape[1]}|seed={args.seed}|subset={args.lpca_subset}"
             if key in cache:
                 t_sk, est_sk, note = cache[key]
                 note = (note + "; " if note else "") + "cached"
@@ -254,6 +264,13 @@ def main() -> None:
     )
     p.add_argument("--n", nargs="+", type=int, default=[5000, 20000], help="speed: sample sizes")
     p.add_argument("--dim", type=int, default=576, help="speed: ambient dimension")
+    p.add_argument(
+        "--activations",
+        nargs="*",
+        type=int,
+        default=[],
+        help="speed: also N real SmolLM2 layer-6 activations (deduplicated), for each N given",
+    )
     p.add_argument("--only", nargs="*", default=None, help="substrings of estimator names to run")
     p.add_argument("--lpca-subset", type=int, default=200, help="skdim pointwise lPCA queries")
     p.add_argument("--cache", default=None, help="JSON file caching skdim's timings/estimates")

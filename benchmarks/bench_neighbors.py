@@ -51,13 +51,20 @@ def datasets(args: argparse.Namespace) -> dict[str, np.ndarray]:
         ).X
         out[f"isotropic n={n}"] = np.random.default_rng(args.seed).normal(size=(n, 576))
     if args.activations:
-        from geomsae.activations import harvest
-        from geomsae.neighbors import deduplicate
-
-        store = harvest(int(args.activations * 1.2), layers=6)
-        X, _ = deduplicate(store.sample(int(args.activations * 1.2), seed=args.seed)[0].double())
-        out[f"activations n={min(len(X), args.activations)}"] = X[: args.activations].numpy()
+        X = activations(args.activations, args.seed)
+        out[f"activations n={len(X)}"] = X
     return out
+
+
+def activations(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` deduplicated float64 rows of SmolLM2-135M's ``blocks.6.hook_resid_post`` on the
+    embedded corpus (harvested on first use, cached under ``~/.cache/geomsae``)."""
+    from geomsae.activations import harvest
+    from geomsae.neighbors import deduplicate
+
+    store = harvest(int(n * 1.2), layers=6)
+    X, _ = deduplicate(store.sample(int(n * 1.2), seed=seed)[0].double())
+    return X[:n].numpy()
 
 
 def plan_note(X: np.ndarray, k: int) -> str:
