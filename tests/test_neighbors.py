@@ -71,26 +71,36 @@ def test_float32_screening_gives_the_same_answer():
     np.testing.assert_allclose(a.distances, b.distances, atol=1e-12)
 
 
-def test_uncertified_rows_fall_back_to_float64(monkeypatch):
-    # tight clusters (spread 1e-2) far from each other (~1e3): float32 rounding (~1e-4 of the
-    # squared norms) cannot rank points inside a cluster, so no row can be certified and all
-    # are redone in float64 -- the answer must still be the float64 one
+def _clusters(per_cluster):
+    """Tight clusters (spread 1e-2) far from each other (~1e3): low-precision rounding (~1e-4
+    of the squared norms in float32) cannot rank points inside a cluster."""
+    rng = np.random.default_rng(7)
+    centres = np.repeat(rng.normal(size=(5, 4)) * 1e3, per_cluster, axis=0)
+    return centres + rng.normal(size=(5 * per_cluster, 4)) * 1e-2
+
+
+def _spy_blocks(monkeypatch):
+    """Record (screen dtype, rows, uncertified rows) of every brute-force block."""
     import geomsae.neighbors.brute as nbm
 
-    rng = np.random.default_rng(7)
-    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
-    calls = []
-    block = nbm._knn_block
+    calls, block = [], nbm._knn_block
 
     def spy(*args, **kwargs):
         out = block(*args, **kwargs)
-        calls.append((args[3], int((~out[2]).sum())))
+        calls.append((args[3], args[0].shape[0], int((~out[2]).sum())))
         return out
 
     monkeypatch.setattr(nbm, "_knn_block", spy)
+    return calls
+
+
+def test_uncertified_rows_fall_back_to_float64(monkeypatch):
+    # no row can be certified in float32, all are redone in float64: the float64 answer
+    X = _clusters(60)
+    calls = _spy_blocks(monkeypatch)
     a = knn(X, 2, screen_dtype=torch.float32)
     monkeypatch.undo()
-    assert calls[0] == (torch.float32, 300) and calls[1][0] == torch.float64
+    assert calls[0] == (torch.float32, 300, 300) and calls[1][0] == torch.float64
     b = knn(X, 2, screen_dtype=torch.float64)
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9)
@@ -128,19 +138,8 @@ def test_bfloat16_screening_gives_the_same_answer(k):
 
 
 def test_bfloat16_rows_it_cannot_certify_cascade_to_float32_then_float64(monkeypatch):
-    import geomsae.neighbors.brute as nbm
-
-    rng = np.random.default_rng(7)
-    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 60, axis=0) + rng.normal(size=(300, 4)) * 1e-2
-    calls = []
-    block = nbm._knn_block
-
-    def spy(*args, **kwargs):
-        out = block(*args, **kwargs)
-        calls.append((args[3], args[0].shape[0]))
-        return out
-
-    monkeypatch.setattr(nbm, "_knn_block", spy)
+    X = _clusters(60)
+    calls = _spy_blocks(monkeypatch)
     a = knn(X, 2, screen_dtype=torch.bfloat16)
     monkeypatch.undo()
     assert [c[0] for c in calls] == [torch.bfloat16, torch.float32, torch.float64]
@@ -151,24 +150,14 @@ def test_bfloat16_rows_it_cannot_certify_cascade_to_float32_then_float64(monkeyp
 
 
 def test_blocks_after_one_the_screen_cannot_certify_start_a_precision_up(monkeypatch):
-    import geomsae.neighbors.brute as nbm
-
-    rng = np.random.default_rng(7)
-    X = np.repeat(rng.normal(size=(5, 4)) * 1e3, 120, axis=0) + rng.normal(size=(600, 4)) * 1e-2
-    calls = []
-    block = nbm._knn_block
-
-    def spy(*args, **kwargs):
-        calls.append(args[3])
-        return block(*args, **kwargs)
-
-    monkeypatch.setattr(nbm, "_knn_block", spy)
+    X = _clusters(120)
+    calls = _spy_blocks(monkeypatch)
     a = knn(X, 2, screen_dtype=torch.bfloat16, block_size=200)
     monkeypatch.undo()
     # block 1: bf16, its rows in fp32, then fp64; block 2 skips bf16 (and fails in fp32
     # too), block 3 goes straight to fp64
     bf, f32, f64 = torch.bfloat16, torch.float32, torch.float64
-    assert calls == [bf, f32, f64, f32, f64, f64]
+    assert [c[0] for c in calls] == [bf, f32, f64, f32, f64, f64]
     np.testing.assert_array_equal(a.indices, knn(X, 2, screen_dtype=torch.float64).indices)
 
 
