@@ -242,7 +242,7 @@ def exclude_self(
     return dist.masked_fill(cand == self_b[:, None], math.inf)
 
 
-_UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+_BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits
 
 
 def pair_coef(dtype: torch.dtype, n_features: int, cuda: bool = False) -> float:
@@ -261,7 +261,7 @@ def pair_coef(dtype: torch.dtype, n_features: int, cuda: bool = False) -> float:
     if dtype == torch.float32:
         tf32 = cuda and torch.backends.cuda.matmul.allow_tf32
         return acc + (8.0 * 2.0**-11 if tf32 else 0.0)
-    return acc + 8.0 * _UNIT_ROUNDOFF[dtype]
+    return acc + 8.0 * _BF16_UNIT_ROUNDOFF
 
 
 class Screen:
