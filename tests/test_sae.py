@@ -168,6 +168,18 @@ def test_relu_step_matches_autograd_of_the_formula(arch, impl):
         torch.testing.assert_close(p.grad, params[n].grad, msg=n)
 
 
+def test_reused_cpu_buffers_never_give_stale_gradients():
+    """The dense ReLU step keeps its (n, d_sae) buffers between steps; a graph whose buffer
+    was overwritten by a later step refuses to backpropagate instead of using it."""
+    x = torch.randn(32, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sae = random_sae("relu", d_sae=12)
+    sae.decode_impl = "dense"
+    first = sae.training_step(x, StepContext(sparsity_coefficient=0.5))
+    sae.training_step(2 * x, StepContext(sparsity_coefficient=0.5))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.loss.backward()
+
+
 def test_auto_path_uses_sparse_kernels_only_for_sparse_codes(monkeypatch):
     """With decode "auto" on the CPU: sparse at low density, dense at high density."""
     from geomsae.sae import architectures as A

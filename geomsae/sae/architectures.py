@@ -251,8 +251,9 @@ class ReLUSAE(SAE):
 
         On the sparse path (``decode_impl``, or "auto" on the CPU when the active set is sparse
         enough, :func:`~geomsae.sae.sparse.sparse_wins`) everything after the encoder's forward
-        matmul runs on the active (sample, feature) pairs; the loss and gradients equal the
-        dense path's up to floating-point rounding.
+        matmul runs on the active (sample, feature) pairs; the dense path is one fused
+        function (:func:`~geomsae.sae.sparse.relu_codes`). Both give the loss and gradients of
+        autograd of the formula up to floating-point rounding.
         """
         with torch.no_grad():  # both paths write the gradient through the encoder out
             xc = x - self.b_dec
