@@ -129,6 +129,34 @@ def test_sparse_and_dense_paths_train_to_the_same_weights(arch):
     assert moved.max() > 1e-3  # the runs did train
 
 
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_gradient_norm_is_clipped_before_the_adam_step(arch, monkeypatch):
+    """With ``max_grad_norm`` the gradient Adam sees has exactly that global norm when the raw
+    one is larger; ``None`` leaves the raw gradient, whose norm here is far above the limit."""
+    X = data(n=256) * 10.0
+    seen = {}
+    real = torch.optim.Adam.step
+
+    def spy(self, *a, **kw):
+        seen["norm"] = float(torch.cat([p.grad.reshape(-1) for p in self.param_groups[0]["params"]
+                                        if p.grad is not None]).norm())  # fmt: skip
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    norms = {}
+    for limit in (None, 0.5):
+        c = cfg(arch=arch, l1_coefficient=2.0, max_grad_norm=limit, lr_warmup_steps=1)
+        run = _Run(c, torch.device("cpu"), total_steps=4)
+        run.opt = torch.optim.Adam(run.sae.parameters(), lr=c.resolved_lr)
+        run.init_from_sample(X)
+        run.step(X[:128], 0, 128, amp=False)
+        norms[limit] = seen["norm"]
+    assert norms[None] > 10 * 0.5
+    assert norms[0.5] == pytest.approx(0.5, rel=1e-5)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        cfg(max_grad_norm=0.0)
+
+
 # ----- data ------------------------------------------------------------------------------------
 def test_streaming_covers_every_row_once_per_epoch_and_resumes():
     X = torch.arange(600, dtype=torch.float32)[:, None].repeat(1, 2)

@@ -2,10 +2,11 @@
 
 The loop reads one global batch per step and hands it to every SAE (a sweep over k, alpha or d_sae
 shares the data loading). Per SAE and step: learning-rate warm-up/decay and L1 warm-up, the
-architecture's loss, Adam, the unit-norm decoder constraint, dead-feature bookkeeping (AuxK
-for the TopK family, Anthropic-style resampling for L1 SAEs). With ``out_dir`` it checkpoints
-atomically every ``checkpoint_every`` steps, resumes from the checkpoint when restarted with the
-same configs, and refuses to overwrite a finished SAE unless told to.
+architecture's loss, gradient-norm clipping, Adam, the unit-norm decoder constraint,
+dead-feature bookkeeping (AuxK for the TopK family, Anthropic-style resampling for L1 SAEs).
+With ``out_dir`` it checkpoints atomically every ``checkpoint_every`` steps, resumes from the
+checkpoint when restarted with the same configs, and refuses to overwrite a finished SAE unless
+told to.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class _Run:
         out.loss.backward()
         ddp.average_gradients(list(self.sae.parameters()))
         self.sae.remove_parallel_grad()
+        if c.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), c.max_grad_norm, foreach=True)
         self.opt.step()
         self.sae.apply_constraints()
         fired = ddp.reduce_sum(out.fired.to(torch.int32)) > 0
