@@ -208,9 +208,67 @@ def test_batchtopk_training_l0_is_k():
     out = sae.training_step(x, StepContext())
     assert out.l0 == pytest.approx(4.0)
     # per-sample counts vary (it is a batch-level top-k)
-    codes = sae._select(torch.nn.functional.linear(x - sae.b_dec, sae.enc_weight, sae.b_enc), None)
+    pre = torch.nn.functional.linear(x - sae.b_dec, sae.enc_weight, sae.b_enc)
+    codes = sae._select(pre, StepContext())
     counts = torch.bincount(codes.rows, minlength=64)
     assert counts.sum() == 64 * 4 and counts.max() > counts.min()
+
+
+def _threaded_all_gather(world: int):
+    """``StepContext.all_gather`` for ``world`` threads standing in for processes."""
+    import threading
+
+    slots: list = [None] * world
+    barrier = threading.Barrier(world)
+
+    def make(rank: int):
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            slots[rank] = t.clone()
+            barrier.wait()
+            out = torch.cat(list(slots))
+            barrier.wait()  # everyone has read before the next call overwrites the slots
+            return out
+
+        return gather
+
+    return make
+
+
+@pytest.mark.parametrize("redo", [False, True])
+def test_batchtopk_selection_over_shards_equals_the_global_batch(redo):
+    """Two "processes" (threads with a real gather) select exactly the single-process top n*k of
+    the concatenated batch, not n*k/2 each. The rows are skewed so one shard holds most of the
+    selection; with ``redo`` one row holds more than its 4k candidates of it (the fallback)."""
+    import threading
+
+    sae = random_sae("batchtopk", d_in=8, d_sae=40, k=2, dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(16, 40, generator=g)
+    pre[:8] += 1.5  # shard 0 holds far more than half of the top 32
+    if redo:
+        pre[2, :12] += 20.0  # 12 > 4k = 8 selected entries in one row
+    single = sae._select(pre, StepContext())
+    assert len(single.rows) == 16 * 2
+    make, results = _threaded_all_gather(2), {}
+
+    def work(rank):
+        ctx = StepContext(all_gather=make(rank), world_size=2)
+        results[rank] = sae._select(pre[rank * 8 : (rank + 1) * 8], ctx)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = {(int(r) + 8 * rank, int(c)) for rank, cd in results.items()
+           for r, c in zip(cd.rows, cd.cols)}  # fmt: skip
+    assert got == {(int(r), int(c)) for r, c in zip(single.rows, single.cols)}
+    assert len(results[0].rows) > 16 * 2 // 2 + 4  # far from a per-shard top n*k/2
+    if redo:
+        assert int((results[0].rows == 2).sum()) >= 12  # more than the row's 8 candidates
+    # without the gather each shard would take its own top 8*2
+    alone = sae._select(pre[8:], StepContext())
+    assert len(alone.rows) == 16 and len(results[1].rows) < 16
 
 
 # ----- folding ---------------------------------------------------------------------------------

@@ -403,8 +403,11 @@ class TopKSAE(SAE):
 class BatchTopKSAE(TopKSAE):
     """BatchTopK SAE (Bussmann et al. 2024): the n*k largest activations over a batch.
 
-    At inference a single threshold theta replaces the batch selection: f = ReLU(pre) [pre > theta],
-    with theta an exponential moving average of the smallest selected activation per batch.
+    The batch is the global one: under data parallel the selection threshold is agreed over all
+    processes (:meth:`_select`), so training equals the single-process run. At inference a single
+    threshold theta replaces the batch selection: f = ReLU(pre) [pre > theta], with theta an
+    exponential moving average of the smallest selected activation of each global batch (the same
+    on every process).
     """
 
     arch = "batchtopk"
@@ -418,20 +421,46 @@ class BatchTopKSAE(TopKSAE):
         return F.relu(pre) * (pre > self.threshold)
 
     def _select(self, pre: Tensor, ctx: StepContext) -> SparseCodes:
+        """The ``N = n_global * k`` largest pre-activations of the global batch.
+
+        Candidates are each row's top ``m = min(d_sae, 4k)``. Every process sends its largest
+        ``N`` candidates to all others (:attr:`StepContext.all_gather`); the N-th largest gathered
+        value is the threshold tau, identical on every process, and each process keeps its local
+        entries ``>= tau``. The result is the single-process selection over the concatenated
+        batch: entries tied with tau are all kept (then more than N are selected, as in one
+        process). The candidates are exact unless some row on some process has its m-th
+        candidate ``>= tau`` (it may hold more of the selection than it offered); each process
+        sends that bound along with its values, and then all of them redo the selection over
+        every entry.
+        """
         n, p = pre.shape
         k = self.config.k
         m = min(p, 4 * k)
-        # Candidates: each row's top m; exact unless a row holds more than m of the batch top n*k.
         cvals, cidx = pre.topk(m, dim=-1, sorted=False)
-        total = n * k
-        flat = cvals.reshape(-1)
-        tau = flat.topk(total, sorted=False).values.min()
-        keep = cvals >= tau
-        if m < p and bool((keep.sum(1) >= m).any()):
-            tau = pre.reshape(-1).topk(total, sorted=False).values.min()
+        no_bound = pre.new_tensor(-math.inf)
+        bound = cvals.min(1).values.max() if m < p and n > 0 else no_bound
+        tau, redo = self._global_threshold(cvals, bound, k, ctx)
+        if redo:
             cvals, cidx = pre.topk(p, dim=-1, sorted=False)
-            keep = cvals >= tau
+            tau, _ = self._global_threshold(cvals, no_bound, k, ctx)
+        keep = cvals >= tau
         return codes_from_mask(cvals, cidx, keep, self.n_features)
+
+    @staticmethod
+    def _global_threshold(
+        cvals: Tensor, bound: Tensor, k: int, ctx: StepContext
+    ) -> tuple[Tensor, bool]:
+        """The N-th largest of all processes' candidates ``cvals`` (n_local, m), N = n_global * k,
+        and whether any process's ``bound`` reaches it."""
+        total = cvals.shape[0] * ctx.world_size * k
+        flat = cvals.reshape(-1)
+        c = min(flat.numel(), total)
+        local = flat.topk(c, sorted=False).values
+        gathered = ctx.all_gather(torch.cat([local, bound.to(local.dtype)[None]]))
+        gathered = gathered.view(-1, c + 1)
+        tau = gathered[:, :c].reshape(-1).topk(min(total, gathered.shape[0] * c), sorted=False)
+        tau = tau.values.min()
+        return tau, bool((gathered[:, c] >= tau).any())
 
     @torch.no_grad()
     def _after_select(self, codes: SparseCodes, vals: Tensor, ctx: StepContext) -> None:

@@ -3,8 +3,8 @@
 Every process reads the same global batch and trains on its own contiguous slice; gradients are
 averaged with one all-reduce per step, so with equal slices the update equals the single-process
 one up to floating-point summation order. Batch statistics that are not per-sample (AuxK's residual
-variance, fired features, BatchTopK's threshold) are reduced explicitly. Works with the ``gloo``
-backend on CPU and ``nccl`` on CUDA.
+variance, fired features, BatchTopK's selection threshold and its inference threshold) are reduced
+or gathered explicitly. Works with the ``gloo`` backend on CPU and ``nccl`` on CUDA.
 """
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ def local_slice(batch: Tensor, info: DistInfo) -> Tensor:
     return batch[info.rank * n : (info.rank + 1) * n]
 
 
+def world_size() -> int:
+    """Number of processes in the group (1 without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
 def reduce_sum(t: Tensor) -> Tensor:
     """Sum over processes (a copy; identity without a process group)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -79,6 +86,17 @@ def reduce_min(t: Tensor) -> Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
+
+
+def all_gather(t: Tensor) -> Tensor:
+    """Every process's ``t`` concatenated along dim 0, in rank order (``t`` itself without a
+    process group). All processes must pass tensors of the same shape and dtype."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
 
 
 def average_gradients(params: list[Tensor]) -> None:

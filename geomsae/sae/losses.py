@@ -1,10 +1,12 @@
 """Loss pieces shared by the SAE architectures: reconstruction, AuxK, JumpReLU's straight-through
-estimators, and the per-step context (sparsity coefficient, dead features, cross-process sums).
+estimators, and the per-step context (sparsity coefficient, dead features, cross-process
+collectives).
 
 All losses are means over the local batch, so averaging gradients over equal-sized shards of a
 global batch (data parallel) gives exactly the single-process gradient; batch statistics that are
 not per-sample (AuxK's residual variance) are summed across processes through
-:attr:`StepContext.reduce_sum`.
+:attr:`StepContext.reduce_sum`, and BatchTopK selects over the global batch through
+:attr:`StepContext.all_gather`.
 """
 
 from __future__ import annotations
@@ -32,12 +34,19 @@ class StepContext:
         Features that have not fired for ``dead_tokens`` samples (AuxK).
     reduce_sum, reduce_min : callable
         Sum / minimum of a tensor over data-parallel processes (identity in one process).
+    all_gather : callable
+        Every process's tensor (same shape on all) concatenated along dim 0 in rank order
+        (identity in one process).
+    world_size : int
+        Number of data-parallel processes (1 in one process).
     """
 
     sparsity_coefficient: float = 0.0
     dead: Tensor | None = None
     reduce_sum: Callable[[Tensor], Tensor] = _identity
     reduce_min: Callable[[Tensor], Tensor] = _identity
+    all_gather: Callable[[Tensor], Tensor] = _identity
+    world_size: int = 1
 
 
 def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:

@@ -94,7 +94,14 @@ class _Run:
         dead = None
         if c.arch in TOPK_FAMILY:
             dead = self.since_fired >= c.dead_tokens
-        return StepContext(coef * coef_factor, dead, ddp.reduce_sum, ddp.reduce_min)
+        return StepContext(
+            coef * coef_factor,
+            dead,
+            ddp.reduce_sum,
+            ddp.reduce_min,
+            ddp.all_gather,
+            ddp.world_size(),
+        )
 
     def step(self, x: torch.Tensor, step: int, n_global: int, amp: bool) -> dict[str, float]:
         c = self.config
