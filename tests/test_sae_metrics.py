@@ -104,3 +104,28 @@ def test_train_sae_study_streams_from_the_model(tmp_path, monkeypatch):
     assert 0 <= report["metrics"]["fvu"] < 1
     with pytest.raises(ValueError, match="not both"):
         train_sae.run(dataclasses.replace(config, activations="x.npy"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_train_sae_cli_on_the_embedded_model(tmp_path, monkeypatch, capsys):
+    """The documented command line, on the embedded SmolLM2 at layer 6 with few tokens."""
+    from studies import train_sae
+
+    monkeypatch.setenv("GEOMSAE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    flags = "--layer 6 --arch topk --k 32 --expansion 8 --tokens 2048 --out"
+    report = train_sae.main(flags.split() + [str(out)])
+    for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["hook_name"] == "blocks.6.hook_resid_post" and cfg["architecture"] == "topk"
+    assert (cfg["d_in"], cfg["d_sae"]) == (576, 8 * 576)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"] == metrics
+    assert 0 < metrics["l0"] <= 32 and 0 <= metrics["fvu"] < 1
+    assert np.isfinite(metrics["ce_sae"]) and np.isfinite(metrics["kl_sae"])
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0]
+    assert header.startswith("| arch | d_sae |") and "| l0 |" in header and "| fvu |" in header
+    assert "| topk | 4608 |" in printed and f"report in {out}" in printed
