@@ -4,6 +4,7 @@ checkpoint/resume after SIGKILL, refusing to overwrite, and data parallel (2 glo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,111 @@ def test_geometric_median_resists_outliers():
     x[:40] += 100.0  # 8% far outliers pull the mean, not the median
     gm = geometric_median(x)
     assert gm.norm() < 0.1 < x.mean(0).norm()
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_sparsity_coefficient_warms_up_linearly(arch):
+    """The L1 (JumpReLU: L0) coefficient rises linearly over the first l1_warmup_fraction of
+    the steps, reaching the configured value at the end of the warm-up."""
+    target = 4.0
+    used, unused = ("l1_coefficient", "l0_coefficient")[:: 1 if arch == "relu" else -1]
+    c = cfg(arch=arch, l1_warmup_fraction=0.1, **{used: target, unused: 99.0})
+    run = _Run(c, torch.device("cpu"), total_steps=200)  # warm-up over 20 steps
+    coef = [run.context(s).sparsity_coefficient for s in range(200)]
+    np.testing.assert_allclose(coef[:20], target * np.arange(1, 21) / 20)
+    assert coef[19] == target and all(v == target for v in coef[20:])
+    no_warmup = _Run(
+        cfg(arch=arch, l1_warmup_fraction=0.0, **{used: target}), torch.device("cpu"), 200
+    )
+    assert no_warmup.context(0).sparsity_coefficient == target
+
+
+@pytest.mark.parametrize("init", ["mean", "zeros", "geometric_median"])
+def test_b_dec_initialisation(init):
+    X = data(n=512) + 3.0  # far from the origin, so "zeros" differs from the mean
+    run = _Run(cfg(b_dec_init=init), torch.device("cpu"), total_steps=4)
+    run.init_from_sample(X)
+    expected = {"mean": X.mean(0), "zeros": torch.zeros(16), "geometric_median": None}[init]
+    if expected is None:
+        expected = geometric_median(X)
+    torch.testing.assert_close(run.sae.b_dec.detach(), expected)
+    # through train: the initial sample in training units, folded back to raw units at the end
+    c = cfg(b_dec_init=init, train_tokens=128, lr=1e-12, lr_warmup_steps=0, init_samples=512)
+    sae = train(c, X, progress=False)
+    atol = 1e-4 if init != "geometric_median" else 1e-3
+    torch.testing.assert_close(sae.b_dec.detach(), expected, atol=atol, rtol=1e-4)
+
+
+# ----- dead features and BatchTopK's threshold -------------------------------------------------
+def test_auxk_revives_dead_topk_features():
+    """Features made dead by construction (tiny encoder rows: they never reach the top k) are
+    trained by AuxK and fire again; without AuxK they get no gradient and stay dead."""
+    X = data(n=8192)
+    result = {}
+    for coef in (1 / 32, 0.0):
+        run = _Run(cfg(aux_k_coefficient=coef, dead_tokens=256, aux_k=8), torch.device("cpu"), 150)
+        run.init_from_sample(X[:1024])
+        with torch.no_grad():
+            run.sae.enc_weight[:8] *= 0.01
+            run.sae.b_enc[:8] = 0.05  # positive but far below the k-th pre-activation
+        run.since_fired[:8] = 10**6
+        w0 = run.sae.W_dec[:8].clone()
+        fired, aux = torch.zeros(8, dtype=torch.bool), 0.0
+        for step in range(150):
+            i = (step * 128) % 8192
+            aux = max(aux, run.step(X[i : i + 128], step, 128, amp=False)["aux"])
+            fired |= run.since_fired[:8] < 10**6
+        result[coef] = (fired, (run.sae.W_dec[:8] - w0).abs().max().item(), aux)
+    fired, moved, aux = result[1 / 32]
+    assert bool(fired.all()) and moved > 0.1 and aux > 0
+    fired, moved, aux = result[0.0]
+    assert not bool(fired.any()) and moved < 1e-6 and aux == 0.0
+
+
+def test_batchtopk_inference_threshold_gives_l0_near_k():
+    """Encoding held-out rows of the training distribution with the learned threshold (no batch
+    selection) gives a mean L0 within 15% of k. The threshold is an EMA of the batches' k-th
+    largest activation, so it lags by about 1/batchtopk_threshold_lr steps: this 128-step run
+    uses 0.1 (at the default 0.01 the L0 here is about 1.6 for k = 3)."""
+    X = data(n=8192)
+    c = cfg(arch="batchtopk", k=3, train_tokens=4096 * 4, batchtopk_threshold_lr=0.1)
+    sae = train(c, X[:6144], progress=False)
+    with torch.no_grad():
+        l0 = (sae.encode(X[6144:]) > 0).sum(1).float().mean().item()
+    assert abs(l0 - 3) / 3 < 0.15, l0
+    assert bool(sae.threshold_initialized) and float(sae.threshold) > 0
+
+
+def test_progress_bar_shows_live_l0_and_fvu(monkeypatch):
+    import geomsae.sae.trainer as trainer
+
+    bars = []
+
+    class Bar:
+        def __init__(self, **kw):
+            self.kw, self.postfix, self.n, self.closed = kw, [], kw.get("initial", 0), False
+            bars.append(self)
+
+        def set_postfix(self, **kw):
+            self.postfix.append(kw)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(trainer, "tqdm", Bar)
+    X = data(n=1024)
+    sae = train(cfg(train_tokens=1024), X, log_every=1)
+    (bar,) = bars
+    assert bar.kw["total"] == 8 and bar.kw["disable"] is False and bar.n == 8 and bar.closed
+    assert len(bar.postfix) == 8
+    for post, row in zip(bar.postfix, sae.history_):
+        assert float(post["l0"]) == pytest.approx(row["l0"], abs=0.05)
+        assert float(post["fvu"]) == pytest.approx(row["fvu"], abs=5e-4)
+    train(cfg(train_tokens=1024), X, progress=False)
+    assert bars[-1].kw["disable"] is True
 
 
 # ----- determinism and sweeps ------------------------------------------------------------------
@@ -347,3 +453,25 @@ def test_cuda_bf16_training_matches_cpu_quality(arch, decode):
     from geomsae.sae import evaluate
 
     assert evaluate(gpu, X).fvu < 1.2 * evaluate(cpu, X).fvu + 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("g++", "clang++", "c++")),
+    reason="torch.compile's inductor backend needs a C++ compiler on CPU",
+)
+@pytest.mark.parametrize(("arch", "decode"), [("topk", "dense"), ("relu", "auto")])
+def test_compiled_training_steps_match_eager(arch, decode):
+    """``compile=True`` (inductor on CPU here) trains to the eager weights; the dense TopK path
+    is the one used on CUDA, ReLU "auto" takes the sparse kernels on CPU."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    X = data(n=1024)
+    c = cfg(arch=arch, train_tokens=128 * 6, l1_coefficient=0.5)
+    compiled = train(c, X, progress=False, compile=True, decode=decode)
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did capture and compile graphs
+    eager = train(c, X, progress=False, decode=decode)
+    assert_same(compiled, eager, atol=1e-5)
+    torch._dynamo.reset()
