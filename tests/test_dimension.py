@@ -21,6 +21,7 @@ from geomsae.dimension.lpca import dimension_from_eigenvalues, local_eigenvalues
 from geomsae.dimension.mle import mle_pointwise_from_distances  # noqa: E402
 from geomsae.dimension.twonn import twonn_from_log_ratios  # noqa: E402
 from geomsae.manifolds import cube, sphere, swiss_roll  # noqa: E402
+from geomsae.neighbors import knn  # noqa: E402
 
 # Global estimates on a flat 4-cube (n = 1500) rotated into R^12: relative tolerance per
 # estimator. k-NN estimators are biased low by boundary effects (~5 % at d = 4, n = 1500);
@@ -209,6 +210,26 @@ def test_correlation_integral_from_the_radius_graph_matches_brute_force():
     radii = np.quantile(D[:200, :], [1e-3, 4e-3])
     ours = correlation_integral(torch.tensor(X), torch.tensor(radii)).numpy()
     np.testing.assert_allclose(ours, [(D < r).sum() / (2400 * 2399) for r in radii], atol=1e-15)
+
+
+@pytest.mark.parametrize("n, k", [(150, 5), (150, 40), (2600, 20)])
+def test_correlation_integral_from_knn_rows_matches_brute_force(n, k):
+    """With the k-NN rows given, the points whose k-th neighbour is beyond the largest radius
+    are counted from their rows and only the rest are searched again: same counts (with a
+    duplicated point, radii below and above most k-th distances, n on both search paths)."""
+    rng = np.random.default_rng(n + k)
+    X = rng.normal(size=(n, 3)) @ rng.normal(size=(3, 40)) + 0.02 * rng.normal(size=(n, 40))
+    X[1] = X[0]  # a duplicate pair: distance 0 counts below every radius
+    D = cdist(X, X)
+    np.fill_diagonal(D, np.inf)
+    kth = np.sort(D, axis=1)[:, k - 1]
+    for radii in (np.quantile(kth, [0.1, 0.5]), np.quantile(kth, [0.05, 0.99]), [1e-9, 1e-6]):
+        nb = knn(X, k)
+        ours = correlation_integral(torch.tensor(X), torch.tensor(radii), nb).numpy()
+        expected = [(D < r).sum() / (n * (n - 1)) for r in radii]
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="rows"):
+        correlation_integral(torch.tensor(X[:-1]), torch.tensor(radii), nb)
 
 
 def test_eigenvalue_rules():
