@@ -397,45 +397,63 @@ def test_finished_runs_are_not_overwritten_and_configs_must_match(tmp_path):
 
 
 # ----- data parallel ---------------------------------------------------------------------------
+DDP_CONFIGS = [  # wide TopK dictionaries: many features dead at a time, AuxK active
+    dict(arch="topk", n_features=512, k=1, seed=1, dead_tokens=128),
+    dict(arch="batchtopk", n_features=256, k=3, seed=3, dead_tokens=256),
+    dict(arch="relu", l1_coefficient=2.0, seed=2),
+    dict(arch="jumprelu", l0_coefficient=0.05, seed=4),
+]
 DDP_SCRIPT = """
-import sys, numpy as np, torch
+import json, sys, numpy as np, torch
 torch.set_num_threads(1)
 from geomsae.sae import SAEConfig, train_many
 X = torch.from_numpy(np.load(sys.argv[1]))
-configs = [SAEConfig(arch="topk", d_in=16, n_features=48, k=3, batch_size=128, lr=3e-3, seed=1,
-                     dead_tokens=512, train_tokens=4096 * 2),
-           SAEConfig(arch="relu", d_in=16, n_features=48, l1_coefficient=2.0, batch_size=128,
-                     lr=3e-3, seed=2, train_tokens=4096 * 2)]
+configs = [SAEConfig(**c) for c in json.loads(sys.argv[3])]
 train_many(configs, X, out_dir=sys.argv[2], progress=False, checkpoint_every=16)
 assert torch.distributed.get_world_size() == 2
 open(f"{sys.argv[2]}/rank{torch.distributed.get_rank()}.done", "w").close()
 """
 
 
+def _ddp_configs() -> list[SAEConfig]:
+    shared = dict(d_in=16, n_features=48, batch_size=128, lr=3e-3, train_tokens=4096 * 2)
+    return [SAEConfig(**{**shared, **c}) for c in DDP_CONFIGS]
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path):
+    """Each architecture trained by 2 gloo processes on halves of every batch equals the
+    1-process run: gradients are averaged, and the batch statistics (BatchTopK's selection over
+    the global batch and its inference threshold, AuxK's variance, fired features) are global."""
+    import json
+
     X = data()
     np.save(tmp_path / "x.npy", X.numpy())
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     script = str(_script(tmp_path, DDP_SCRIPT))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    cmd = launcher + [script, str(tmp_path / "x.npy"), str(tmp_path / "ddp")]
+    configs = _ddp_configs()
+    arg = json.dumps([c.to_dict() for c in configs])
+    cmd = launcher + [script, str(tmp_path / "x.npy"), str(tmp_path / "ddp"), arg]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "ddp" / "rank0.done").exists() and (tmp_path / "ddp" / "rank1.done").exists()
-    configs = [
-        SAEConfig(arch="topk", d_in=16, n_features=48, k=3, batch_size=128, lr=3e-3, seed=1,
-                  dead_tokens=512, train_tokens=4096 * 2),
-        SAEConfig(arch="relu", d_in=16, n_features=48, l1_coefficient=2.0, batch_size=128,
-                  lr=3e-3, seed=2, train_tokens=4096 * 2),
-    ]  # fmt: skip
     single = train_many(configs, X, progress=False)
     for i, sae in enumerate(single):
         dist_sae = load(tmp_path / "ddp" / f"sae_{i}")
         x = X[:200]
-        torch.testing.assert_close(dist_sae(x), sae(x), atol=2e-4, rtol=2e-4)
-        torch.testing.assert_close(dist_sae.W_dec, sae.W_dec, atol=2e-4, rtol=2e-4)
-    assert single[0].history_[-1]["dead_fraction"] >= 0.0
+        arch = configs[i].arch
+        torch.testing.assert_close(dist_sae(x), sae(x), atol=2e-4, rtol=2e-4, msg=arch)
+        torch.testing.assert_close(dist_sae.W_dec, sae.W_dec, atol=2e-4, rtol=2e-4, msg=arch)
+        if arch in ("batchtopk", "jumprelu"):
+            torch.testing.assert_close(
+                dist_sae.threshold, sae.threshold, atol=2e-4, rtol=2e-4, msg=arch
+            )
+        # dead features are counted over the global batch: the same history as one process
+        hist = json.loads((tmp_path / "ddp" / f"sae_{i}" / "history.json").read_text())
+        assert [h["dead_fraction"] for h in hist] == [h["dead_fraction"] for h in sae.history_]
+    assert single[0].history_[-1]["dead_fraction"] > 0.1  # ... and there are dead ones
+    assert single[1].history_[-1]["aux"] > 0 and single[1].threshold > 0
 
 
 @pytest.mark.gpu
