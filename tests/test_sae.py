@@ -381,6 +381,14 @@ def test_load_sparsify_folder(tmp_path):
     v, i = pre.topk(4, dim=-1)
     x_hat = torch.zeros_like(pre).scatter(-1, i, v) @ w["W_dec"] + w["b_dec"]
     torch.testing.assert_close(sae(x), x_hat)
+    # a sparsify run folder holds one such folder per hookpoint: the error names them
+    run = tmp_path / "run"
+    (run / "layers.6").mkdir(parents=True)
+    for name in ("sae.safetensors", "cfg.json"):
+        (run / "layers.6" / name).write_bytes((tmp_path / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"folder of SAE folders \(layers\.6\)"):
+        load(run)
+    torch.testing.assert_close(load(run / "layers.6")(x), x_hat)
 
 
 def test_load_rejects_unknown_folders(tmp_path):

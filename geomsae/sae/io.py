@@ -100,6 +100,14 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     """The ``cfg.json`` of an SAE folder."""
     f = Path(path) / CFG
     if not f.is_file():
+        folder = Path(path)
+        inner = sorted(p.parent.name for p in folder.glob(f"*/{CFG}")) if folder.is_dir() else []
+        if inner:  # e.g. a sparsify run: one subfolder per hookpoint ("layers.6", ...)
+            names = ", ".join(inner[:8]) + (", ..." if len(inner) > 8 else "")
+            raise FileNotFoundError(
+                f"{path} is a folder of SAE folders ({names}), not an SAE folder: load one, "
+                f"e.g. load({str(Path(path) / inner[0])!r})"
+            )
         raise FileNotFoundError(f"{path} is not an SAE folder: it has no {CFG}")
     return json.loads(f.read_text())
 
