@@ -458,8 +458,11 @@ class BatchTopKSAE(TopKSAE):
         local = flat.topk(c, sorted=False).values
         gathered = ctx.all_gather(torch.cat([local, bound.to(local.dtype)[None]]))
         gathered = gathered.view(-1, c + 1)
-        tau = gathered[:, :c].reshape(-1).topk(min(total, gathered.shape[0] * c), sorted=False)
-        tau = tau.values.min()
+        if gathered.shape[0] == 1:  # one process: its own top N is the selection
+            tau = local.min()
+        else:
+            tau = gathered[:, :c].reshape(-1).topk(min(total, gathered.shape[0] * c), sorted=False)
+            tau = tau.values.min()
         return tau, bool((gathered[:, c] >= tau).any())
 
     @torch.no_grad()
