@@ -4,10 +4,11 @@ The correlation integral ``C(r)`` -- the fraction of pairs of distinct points cl
 ``r`` -- scales as ``r^d`` at small ``r``; the estimate is the least-squares slope of
 ``log C(r)`` against ``log r`` over ``n_radii`` log-spaced radii between the median
 ``k1``-th and median ``k2``-th neighbour distances (``n_radii=2`` is the two-point slope that
-scikit-dimension's ``CorrInt`` uses). Pairs are counted exactly: from the radius graph at
-the largest radius when a sample says it is small (the projected screen of
-:mod:`geomsae.neighbors` then finds it in far less than ``O(n^2 D)``), else block by block in
-``O(n^2 D)`` time and ``O(block * n)`` memory.
+scikit-dimension's ``CorrInt`` uses). Pairs are counted exactly. The points whose k2-th
+neighbour lies beyond the largest radius are counted from the k-NN search that set the radii;
+the pairs among the rest come from the radius graph at the largest radius when a sample says
+it is small (the projected screen of :mod:`geomsae.neighbors` then finds it in far less than
+``O(n^2 D)``), else block by block in ``O(n^2 D)`` time and ``O(block * n)`` memory.
 
 Pointwise, the local correlation dimension at x is the slope of ``log j`` against
 ``log T_j(x)`` over the neighbour ranks ``j`` from ``ceil(k/2)`` to ``k``.
@@ -62,10 +63,10 @@ def correlation_integral(
         raise ValueError(f"neighbors has {dist.shape[0]} rows for {n} points")
     covered = dist[:, -1] >= radii.max()  # every pair of these rows within reach is listed
     rows = dist[covered]  # (n_covered, k)
-    to_dense = ~covered[idx[covered]]  # which listed neighbours are not covered themselves
+    uncovered = ~covered[idx[covered]]  # which listed neighbours are not covered themselves
     within = rows[None, :, :] < radii[:, None, None]  # (n_radii, n_covered, k)
     # ordered pairs (i covered, any j) and their mirrors (j not covered, i covered)
-    counts = within.sum((1, 2)).double() + (within & to_dense[None]).sum((1, 2)).double()
+    counts = within.sum((1, 2)).double() + (within & uncovered[None]).sum((1, 2)).double()
     rest = torch.nonzero(~covered).flatten()
     if rest.numel() > 1:
         counts = counts + _ordered_pairs(X[rest], radii)
@@ -77,11 +78,11 @@ def _ordered_pairs(X: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     n = X.shape[0]
     Xc = X - X.mean(0)
     sq = row_sq(Xc)
-    r2 = radii.to(X) ** 2
+    r2 = radii**2
     if _few_pairs(Xc, sq, float(r2.max())):
         # the radius graph at the largest radius (exact; projected screen where it pays)
         d = torch.from_numpy(radius_neighbors(Xc, float(radii.max())).data).to(X)
-        return torch.stack([(d < r).sum() for r in radii.to(X)]).to(torch.float64)
+        return torch.stack([(d < r).sum() for r in radii]).to(torch.float64)
     counts = torch.zeros(len(radii), dtype=torch.float64, device=X.device)
     bs = max(1, DEFAULT_MEMORY_BYTES // (16 * n))
     for start in range(0, n, bs):

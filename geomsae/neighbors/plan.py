@@ -281,7 +281,6 @@ def plan_radius(
     Qs, self_s = _sample(Q, self_idx)
     u2 = torch.full((Qs.shape[0],), radius**2 * (1 + 1e-9), dtype=torch.float64, device=Q.device)
     counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
-    brute_dtype = auto_screen_dtype(n, 1, n - (self_idx is not None), Q.is_cuda, D)
     best: tuple[float, int, float] | None = None
     last = math.inf
     for m in _grid(n_max):
@@ -296,6 +295,7 @@ def plan_radius(
     cost, m, mean = best
     # brute force screens every pair, then measures in float64 at least every pair in reach
     # (``last``, the tightest count seen, is an upper estimate of those)
+    brute_dtype = auto_screen_dtype(n, 1, n - (self_idx is not None), Q.is_cuda, D)
     brute_cost = n * (D * (0.5 if brute_dtype == torch.bfloat16 else 1.0) + _SCREEN_PER_PAIR)
     brute_cost += min(last, mean) * D * _REFINE_PER_MAC
     speedup = brute_cost / cost
