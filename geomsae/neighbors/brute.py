@@ -193,7 +193,7 @@ def refine_pairs(
     near-duplicates) are recomputed directly as ``|q - r|``, so duplicates come out as exactly 0.
     """
     rows = torch.repeat_interleave(torch.arange(Qc.shape[0], device=Qc.device), torch.diff(crow))
-    q_sq = (Qc * Qc).sum(1)[rows]
+    q_sq = row_sq(Qc)[rows]
     d2 = (q_sq + ref.sq[cols] - 2.0 * _csr_dots(Qc, ref.X, crow, cols)).clamp_min(0)
     close = d2 < 1e-8 * (q_sq + ref.sq[cols])
     if bool(close.any()):
@@ -216,7 +216,7 @@ def fix_close(
     Qc: torch.Tensor, ref: Reference, idx: torch.Tensor, d2: torch.Tensor
 ) -> torch.Tensor:
     """Distances from float64 squared distances; pairs closer than 1e-4 of the norms re-measured."""
-    scale = (Qc * Qc).sum(1)[:, None] + ref.sq[idx]
+    scale = row_sq(Qc)[:, None] + ref.sq[idx]
     close = d2 < 1e-8 * scale
     if bool(close.any()):
         rows, cols = torch.nonzero(close, as_tuple=True)
@@ -329,7 +329,7 @@ class Screen:
 
         ``self_b[i]`` (if given) is excluded from row ``i``.
         """
-        q_sq = (Q.double() ** 2).sum(1)
+        q_sq = row_sq(Q.double())
         vals, cand = smallest(self.shifted(Q, self_b, q_sq), c)
         return vals.double() + q_sq[:, None], cand
 
@@ -358,7 +358,7 @@ class Screen:
             d2.add_(self.r_sq)
         if self.coef:
             if q_sq is None:
-                q_sq = (Q.double() ** 2).sum(1)
+                q_sq = row_sq(Q.double())
             d2.addr_(torch.sqrt(q_sq).to(d2.dtype), self.r_norm, alpha=-self.coef)
         if self_b is not None:
             d2[torch.arange(Qs.shape[0], device=d2.device), self_b] = math.inf
@@ -451,7 +451,7 @@ def _knn_block(
         exact = fix_close(Qc, ref, cand, vals.clamp_min(0))
         bound = None
     else:
-        bound = screen.error_bound((Qc * Qc).sum(1))
+        bound = screen.error_bound(row_sq(Qc))
         exact = refine_progressively(Qc, ref, vals, cand, bound, k)
     exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
     if bound is None or n_cand >= ref.n - (self_b is not None):

@@ -40,6 +40,7 @@ from geomsae.neighbors.brute import (
     no_neighbors,
     refine_pairs,
     refine_progressively,
+    row_sq,
     sort_rows,
 )
 from geomsae.neighbors.plan import ProjectionPlan, coordinates
@@ -66,11 +67,11 @@ class _ZSpace:
     ) -> None:
         m = chosen.n_components
         Zr = _z(chosen.coordinates, chosen.residual_sq, m)
-        self.Qc = Q - ref.mu
         everyone = torch.arange(ref.n, device=Q.device)
         if self_idx is not None and Q.shape[0] == ref.n and torch.equal(self_idx, everyone):
-            Zq = Zr
+            self.Qc, Zq = ref.X, Zr  # the queries are the reference: no second centred copy
         else:
+            self.Qc = Q - ref.mu
             Zq = _z(*coordinates(self.Qc, chosen.basis), m)
         shift = Zr.mean(0)  # centring z keeps the float32 screen's rounding error small
         Zr = Zr - shift
@@ -84,7 +85,7 @@ class _ZSpace:
         The float32 z-product, and the float64 projection, residual and basis (worst case
         ~1e-11 of the squared norms at D = 576; 1e-9 leaves a wide margin).
         """
-        return self.screen.error_bound((Zq * Zq).sum(1)) + 1e-9 * ((Qc * Qc).sum(1) + self.x_max)
+        return self.screen.error_bound((Zq * Zq).sum(1)) + 1e-9 * (row_sq(Qc) + self.x_max)
 
 
 def projected_knn(
