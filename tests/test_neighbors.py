@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -365,6 +367,18 @@ def test_projected_is_exact_where_the_bound_is_useless():
     a, b = knn(X, 5, method="brute"), knn(X, 5, method="projected")
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12)
+
+
+def test_projected_screens_uncertified_rows_again(caplog):
+    # points far off the principal subspace, in random directions: their bound is loose
+    X = _low_rank(1500, seed=6)
+    X[:12] += 3.0 * np.random.default_rng(7).normal(size=(12, X.shape[1]))
+    with caplog.at_level(logging.DEBUG, logger="geomsae.neighbors.projected"):
+        b = knn(X, 5, method="projected")
+    assert "screened again" in caplog.text
+    a = knn(X, 5, method="brute", screen_dtype=torch.float64)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12, atol=1e-12)
 
 
 def test_projected_with_reference_set_query_indices_and_duplicates():
