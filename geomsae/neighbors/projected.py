@@ -10,7 +10,8 @@ so the Euclidean distance between the (m + 1)-dimensional points ``z_i = (p_i, |
 ``c`` nearest points in z-space (a cheap product in m + 1 dimensions), measures those ``c``
 exactly in float64, and **certifies** the row when the ``c``-th screened lower bound (minus its
 rounding-error bound) exceeds the k-th exact distance found: every other point is then provably
-farther. Rows that cannot be certified are searched again by brute force
+farther. Rows that cannot be certified are screened again with four times the candidates,
+and the few that still fail are searched by brute force
 (:func:`geomsae.neighbors.brute.brute_knn`). The answer is therefore identical to brute force
 for any data; only the speed depends on the data.
 

@@ -80,10 +80,11 @@ def knn(
         with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with a
         certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions plus
         the residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly,
-        and search uncertified rows by brute force. ``"auto"`` (default) plans the projection on
-        a sample of queries on CPU when ``n_reference >= 2000`` and ``n_features >= 32``, and
-        uses it when it predicts it at least 1.5x cheaper; otherwise brute force (always on
-        GPUs, where the full product is cheap).
+        screen uncertified rows again with 4x the candidates, then brute force. ``"auto"``
+        (default) plans the projection on a sample of queries on CPU when
+        ``n_reference >= 2000`` and ``n_features >= 32``, and uses it when it predicts it at
+        least 1.5x cheaper; otherwise brute force (always on GPUs, where the full product is
+        cheap).
     device : str or torch.device, optional
         Where to compute; default the input's device. Outputs follow the input's type and device.
 
