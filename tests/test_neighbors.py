@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -362,23 +363,43 @@ def test_projected_equals_brute_force(k):
 
 
 def test_projected_is_exact_where_the_bound_is_useless():
-    # isotropic data: the projection excludes almost nothing, rows fall back to brute force
+    # isotropic data: the projection excludes almost nothing; rows are screened again with
+    # (nearly) all points as candidates, and the rest fall back to brute force
     X = np.random.default_rng(1).normal(size=(600, 40))
     a, b = knn(X, 5, method="brute"), knn(X, 5, method="projected")
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12)
 
 
-def test_projected_screens_uncertified_rows_again(caplog):
+@pytest.mark.parametrize(
+    "kw", [{}, {"query_indices": np.arange(0, 1500, 3)}, {"Y": "self"}], ids=["self", "qi", "Y"]
+)
+def test_projected_screens_uncertified_rows_again(caplog, kw):
     # points far off the principal subspace, in random directions: their bound is loose
     X = _low_rank(1500, seed=6)
     X[:12] += 3.0 * np.random.default_rng(7).normal(size=(12, X.shape[1]))
+    kw = {"Y": X.copy()} if kw.get("Y") == "self" else kw
     with caplog.at_level(logging.DEBUG, logger="geomsae.neighbors.projected"):
-        b = knn(X, 5, method="projected")
-    assert "screened again" in caplog.text
-    a = knn(X, 5, method="brute", screen_dtype=torch.float64)
+        b = knn(X, 5, method="projected", **kw)
+    again = re.search(r"(\d+) of \d+ rows screened again with \d+ candidates, (\d+) certified",
+                      caplog.text)  # fmt: skip
+    assert again and int(again.group(2)) > 0  # the second screen certified some rows
+    a = knn(X, 5, method="brute", screen_dtype=torch.float64, **kw)
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(a.distances, b.distances, rtol=1e-12, atol=1e-12)
+
+
+def test_projected_with_no_queries_and_inputs_that_require_grad():
+    X = _low_rank(300, seed=8)
+    nb = knn(X, 3, query_indices=np.array([], dtype=int), method="projected")
+    assert nb.indices.shape == (0, 3) and nb.distances.shape == (0, 3)
+    Xt = torch.from_numpy(X).requires_grad_(True)
+    for method in ("brute", "projected"):
+        got = knn(Xt, 4, method=method)
+        assert not got.distances.requires_grad
+        np.testing.assert_array_equal(got.indices.numpy(), knn(X, 4).indices)
+    G = radius_neighbors(Xt, 0.3)
+    assert G.nnz == radius_neighbors(X, 0.3).nnz
 
 
 def test_projected_with_reference_set_query_indices_and_duplicates():

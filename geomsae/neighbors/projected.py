@@ -10,8 +10,8 @@ so the Euclidean distance between the (m + 1)-dimensional points ``z_i = (p_i, |
 ``c`` nearest points in z-space (a cheap product in m + 1 dimensions), measures those ``c``
 exactly in float64, and **certifies** the row when the ``c``-th screened lower bound (minus its
 rounding-error bound) exceeds the k-th exact distance found: every other point is then provably
-farther. Rows that cannot be certified are screened again with four times the candidates,
-and the few that still fail are searched by brute force
+farther. Rows that cannot be certified are screened again with four times the candidates
+(at most all other points), and the few that still fail are searched by brute force
 (:func:`geomsae.neighbors.brute.brute_knn`). The answer is therefore identical to brute force
 for any data; only the speed depends on the data.
 
@@ -125,7 +125,10 @@ def _search(
         bound = z.bound(Zq, Qc)
         exact = refine_progressively(Qc, ref, vals, cand, bound, k)
         exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
-        oks.append(exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound)
+        if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
+            oks.append(torch.ones(Qc.shape[0], dtype=torch.bool, device=Qc.device))
+        else:
+            oks.append(exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound)
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
     if not dists:
@@ -149,9 +152,12 @@ def projected_knn(
     """Exact k-NN of the rows of ``Q`` (uncentred) among ``ref`` by the z-space screen.
 
     Rows that ``c`` candidates cannot certify (their bound is loose: e.g. points far from the
-    principal subspace) are screened again with ``4 c`` candidates, which costs a few tens of
-    microseconds a row; only rows that still fail are searched by brute force, whose every
-    row reads the whole set (and whose reduced-precision screen must first copy it).
+    principal subspace) are screened again with ``min(4 c, n_other)`` candidates (``n_other``:
+    the points each query may have as neighbours), another z-space pass plus the re-measured
+    candidates, far less than brute force when ``c`` is small next to ``n``; only rows that
+    still fail are searched by brute force, whose every row reads the whole set (and whose
+    reduced-precision screen must first copy it). A pass whose candidates are all the other
+    points is exact and needs no certificate.
 
     Returns
     -------
@@ -165,10 +171,11 @@ def projected_knn(
     c2 = min(_SECOND_CHANCE * c, max_k)
     if bad.numel() and c2 > c:
         D[bad], I[bad], ok2 = _search(z, self_idx, ref, k, c2, bad, block_size)
-        logger.debug(
-            "projected k-NN: %d of %d rows screened again with %d candidates, %d certified",
-            bad.numel(), len(D), c2, int(ok2.sum()),
-        )  # fmt: skip
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "projected k-NN: %d of %d rows screened again with %d candidates, %d certified",
+                bad.numel(), len(D), c2, int(ok2.sum()),
+            )  # fmt: skip
         bad = bad[~ok2]
     if bad.numel():  # uncertified rows, all at once (each brute pass reads the whole set)
         logger.debug("projected k-NN: %d of %d rows searched by brute force", bad.numel(), len(D))

@@ -69,7 +69,7 @@ def radius_neighbors(
     X = check_points(X, min_samples=1)
     if not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
-    Xt = as_tensor(X, device)
+    Xt = as_tensor(X, device).detach()  # the search is not differentiable
     Xt = Xt - Xt.mean(0)  # translation-invariant; keeps the expansion's rounding error small
     n = Xt.shape[0]
     if max_neighbors is not None and (max_neighbors < 1):

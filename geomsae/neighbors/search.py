@@ -80,7 +80,8 @@ def knn(
         with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with a
         certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions plus
         the residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly,
-        screen uncertified rows again with 4x the candidates, then brute force. ``"auto"``
+        screen uncertified rows again with 4x the candidates (at most all other points), then
+        brute force. ``"auto"``
         (default) plans the projection on a sample of queries on CPU when
         ``n_reference >= 2000`` and ``n_features >= 32``, and uses it when it predicts it at
         least 1.5x cheaper; otherwise brute force (always on GPUs, where the full product is
@@ -99,7 +100,7 @@ def knn(
     X = check_points(X, min_samples=1)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    Xt = as_tensor(X, device)
+    Xt = as_tensor(X, device).detach()  # the search is not differentiable
     if Y is None:
         R = Xt
         n_ref = R.shape[0]
@@ -115,7 +116,7 @@ def knn(
     else:
         if query_indices is not None:
             raise ValueError("query_indices is only meaningful with Y=None")
-        R = as_tensor(check_points(Y, name="Y", min_samples=1), Xt.device)
+        R = as_tensor(check_points(Y, name="Y", min_samples=1), Xt.device).detach()
         if R.shape[1] != Xt.shape[1]:
             raise ValueError(f"X has {Xt.shape[1]} features but Y has {R.shape[1]}")
         Q, qi, n_ref = Xt, None, R.shape[0]
@@ -137,7 +138,7 @@ def knn(
         )
     ref = Reference.of(R)
     chosen = None
-    if method == "projected" or (
+    if (method == "projected" and Q.shape[0] > 0) or (
         method == "auto"
         and not Xt.is_cuda
         and n_ref >= 2000
