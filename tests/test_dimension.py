@@ -201,6 +201,19 @@ def test_correlation_integral_matches_brute_force():
     np.testing.assert_allclose(ours, [(D < r).sum() / (120 * 119) for r in radii], atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [200, 201])
+def test_medians_are_numpys_for_even_and_odd_counts(n):
+    # scikit-dimension takes np.median (the mean of the two middle values for an even count)
+    X = np.random.default_rng(3).normal(size=(n, 5))
+    D = np.sort(cdist(X, X), axis=1)[:, 1:]
+    est = gd.CorrelationDimension(k1=3, k2=6, n_radii=2).fit(X)
+    want = np.array([np.median(D[:, 2]), np.median(D[:, 5])]) * (1 + 1e-9)
+    np.testing.assert_allclose(est.radii_, want, rtol=1e-12)
+    pw = gd.MLE(10).fit_pointwise(X, n_neighbors=10).dimension_pw_
+    assert gd.mle(X, 10, aggregate="median") == pytest.approx(np.median(pw), rel=1e-12)
+    assert float(gd.base.median(torch.tensor([4.0, 1.0, 3.0, 2.0]))) == 2.5
+
+
 def test_correlation_integral_from_the_radius_graph_matches_brute_force():
     # n >= 2000 with few pairs in reach: counted from the (projected) radius graph
     rng = np.random.default_rng(1)

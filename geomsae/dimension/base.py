@@ -25,7 +25,7 @@ from geomsae.neighbors import as_tensor, check_points, find_duplicates
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IDEstimator", "prepare_points"]
+__all__ = ["IDEstimator", "median", "prepare_points"]
 
 _DUPLICATE_POLICIES = ("raise", "drop", "ignore")
 
@@ -76,6 +76,16 @@ def prepare_points(
     if Xt.shape[0] < min_samples:
         raise ValueError(f"{name} needs at least {min_samples} distinct points; got {Xt.shape[0]}")
     return Xt, kept
+
+
+def median(x: torch.Tensor) -> torch.Tensor:
+    """The median as numpy (and scikit-dimension) define it: for an even count, the mean of the
+    two middle values (``torch.median`` returns the lower one)."""
+    s = torch.sort(x.flatten()).values
+    n = s.numel()
+    if n == 0:
+        raise ValueError("median of an empty tensor")
+    return (s[(n - 1) // 2] + s[n // 2]) / 2
 
 
 def check_n_neighbors(n_neighbors: Any, n_samples: int, *, minimum: int = 2) -> int:

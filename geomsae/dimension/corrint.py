@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomsae.dimension.base import IDEstimator, check_n_neighbors
+from geomsae.dimension.base import IDEstimator, check_n_neighbors, median
 from geomsae.neighbors import DEFAULT_MEMORY_BYTES, Neighbors, knn, radius_neighbors
 from geomsae.neighbors.brute import matmul, row_sq
 
@@ -156,13 +156,13 @@ class CorrelationDimension(IDEstimator):
         k2 = check_n_neighbors(self.k2, X.shape[0])
         nb = knn(X, k2)
         dist = nb.distances
-        r_lo, r_hi = dist[:, self.k1 - 1].median(), dist[:, k2 - 1].median()
+        r_lo, r_hi = median(dist[:, self.k1 - 1]), median(dist[:, k2 - 1])
         log_r = torch.linspace(
             float(torch.log(r_lo)), float(torch.log(r_hi)), self.n_radii, dtype=torch.float64
         )
         radii = torch.exp(log_r.to(X))
-        # the median radii are themselves pair distances: widen by 1e-9 so that pair counts
-        # (and the estimate) do not depend on the last bit of rounding
+        # a median radius can itself be a pair distance (always for an odd count): widen by
+        # 1e-9 so that pair counts (and the estimate) do not depend on the last bit of rounding
         radii = radii * (1 + 1e-9)
         C = correlation_integral(X, radii, nb)
         self.radii_ = radii.cpu().numpy()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from geomsae.dimension.base import IDEstimator, check_n_neighbors
+from geomsae.dimension.base import IDEstimator, check_n_neighbors, median
 from geomsae.neighbors import knn
 
 __all__ = ["MLE", "mle", "mle_pointwise_from_distances"]
@@ -58,7 +58,7 @@ def aggregate(pointwise: torch.Tensor, how: str) -> float:
     if how == "mean":
         return float(pointwise.mean())
     if how == "median":
-        return float(pointwise.median())
+        return float(median(pointwise))
     raise ValueError(f"aggregate must be one of {_AGGREGATES}; got {how!r}")
 
 
