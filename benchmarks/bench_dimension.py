@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from geomsae import dimension as gd
 from geomsae.manifolds import benchmark_manifolds, gaussian_blobs
@@ -57,8 +58,19 @@ def _timed(fn: Callable[[], float]) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------ speed
 
 
-def speed_cases(X: np.ndarray, lpca_subset: int, rng: np.random.Generator) -> dict:
-    """name -> (ours: () -> estimate, skdim: () -> (seconds, estimate, note))."""
+def _numpy(a: object) -> np.ndarray:
+    """A numpy copy of a (possibly CUDA) tensor, which also waits for the device."""
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def speed_cases(
+    X: np.ndarray, lpca_subset: int, rng: np.random.Generator, Xo: object = None
+) -> dict:
+    """name -> (ours: () -> estimate, skdim: () -> (seconds, estimate, note)).
+
+    ``Xo`` is what geomsae gets (the same points as ``X``, e.g. a CUDA tensor); default ``X``.
+    """
+    Xo = X if Xo is None else Xo
     import skdim
     from sklearn.neighbors import NearestNeighbors
 
@@ -83,34 +95,37 @@ def speed_cases(X: np.ndarray, lpca_subset: int, rng: np.random.Generator) -> di
         return total, float(np.mean(est)), note
 
     def ours_lpca_pw() -> float:
-        pw = gd.LocalPCA().fit_pointwise(X, n_neighbors=49).dimension_pw_
+        pw = gd.LocalPCA().fit_pointwise(Xo, n_neighbors=49).dimension_pw_
         ours_lpca_pw.pw = pw
         return float(np.mean(pw))
 
     return {
         "MLE global (k=20)": (
-            lambda: gd.mle(X, 20),
+            lambda: gd.mle(Xo, 20),
             sk_plain(lambda: skdim.id.MLE().fit(X, n_neighbors=20).dimension_),
         ),
         "MLE pointwise (k=20)": (
-            lambda: float(np.mean(gd.MLE().fit_pointwise(X, n_neighbors=20).dimension_pw_)),
+            lambda: float(np.mean(gd.MLE().fit_pointwise(Xo, n_neighbors=20).dimension_pw_)),
             sk_plain(lambda: float(np.mean(skdim.id.MLE().fit(X, n_neighbors=20).dimension_pw_))),
         ),
-        "TwoNN global": (lambda: gd.twonn(X), sk_plain(lambda: skdim.id.TwoNN().fit(X).dimension_)),
+        "TwoNN global": (
+            lambda: gd.twonn(Xo),
+            sk_plain(lambda: skdim.id.TwoNN().fit(X).dimension_),
+        ),
         "GRIDE global (1,2)": (
-            lambda: gd.gride(X),
+            lambda: gd.gride(Xo),
             sk_plain(lambda: skdim.id.GRIDE().fit(X).dimension_),
         ),
         "MiND-ML global (k=20)": (
-            lambda: gd.mind_ml(X),
+            lambda: gd.mind_ml(Xo),
             sk_plain(lambda: skdim.id.MiND_ML(D=X.shape[1]).fit(X).dimension_),
         ),
         "CorrInt global (k1=10,k2=20)": (
-            lambda: gd.correlation_dimension(X, n_radii=2),
+            lambda: gd.correlation_dimension(Xo, n_radii=2),
             sk_plain(lambda: skdim.id.CorrInt().fit(X).dimension_),
         ),
         "lPCA global (FO)": (
-            lambda: gd.local_pca(X),
+            lambda: gd.local_pca(Xo),
             sk_plain(lambda: float(skdim.id.lPCA().fit(X).dimension_)),
         ),
         "lPCA pointwise (FO, 50 pts)": (ours_lpca_pw, sk_lpca_pw),
@@ -135,11 +150,14 @@ def run_speed(args: argparse.Namespace) -> None:
             ).X  # fmt: skip
             data = f"n = {n}, D = {args.dim} (10-dim Gaussian + noise 0.01), seed {args.seed}"
         rng = np.random.default_rng(args.seed)
-        cases = speed_cases(X, args.lpca_subset, rng)
+        Xo = X if args.device == "cpu" else torch.from_numpy(X).to(args.device)
+        if args.device != "cpu":
+            data += f"; geomsae on {args.device} (skdim on the CPU)"
+        cases = speed_cases(X, args.lpca_subset, rng, Xo)
         # warm-up (thread pools, allocator, sparse kernels) on both k-NN paths of geomsae
         # (brute force below 2000 points, the projected screen above): first row not penalised
-        gd.mle(X[:500], 20)
-        gd.mle(X[:2500], 20)
+        gd.mle(Xo[:500], 20)
+        gd.mle(Xo[:2500], 20)
         print(f"\n### Speed: {data}\n")
         print(
             "| estimator | geomsae s | skdim s | skdim / geomsae | geomsae ID | skdim ID | note |"
@@ -176,9 +194,9 @@ def run_speed(args: argparse.Namespace) -> None:
             Path(args.cache).write_text(json.dumps(cache, indent=1))
     from sklearn.neighbors import NearestNeighbors
 
-    t, nb = _timed(lambda: knn(X, 20))
+    t, nb = _timed(lambda: _numpy(knn(Xo, 20).indices))
     t_sk, (_, idx) = _timed(lambda: NearestNeighbors(n_neighbors=20).fit(X).kneighbors())
-    same = "identical" if np.array_equal(idx, nb.indices) else "DIFFERENT"
+    same = "identical" if np.array_equal(idx, nb) else "DIFFERENT"
     print(
         f"\n(exact k-NN alone, k = 20, n = {len(X)}: geomsae {t:.2f} s, scikit-learn "
         f"{t_sk:.2f} s, ratio {t_sk / t:.1f}x, {same} neighbours)"
@@ -283,6 +301,12 @@ def main() -> None:
     )
     p.add_argument(
         "--threads", type=int, default=None, help="threads for torch AND numpy/BLAS (both sides)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="speed: where geomsae computes (e.g. cuda: it gets a CUDA tensor; skdim stays on "
+        "the CPU, so the ratio is then GPU against CPU)",
     )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
