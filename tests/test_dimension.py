@@ -214,6 +214,47 @@ def test_medians_are_numpys_for_even_and_odd_counts(n):
     assert float(gd.base.median(torch.tensor([4.0, 1.0, 3.0, 2.0]))) == 2.5
 
 
+def _grid_points(rotate: bool) -> np.ndarray:
+    # 400 distinct points of an integer grid in R^3: many tied neighbour distances
+    rng = np.random.default_rng(0)
+    X = np.unique(rng.integers(0, 12, size=(600, 3)).astype(float), axis=0)[:400]
+    return X @ np.linalg.qr(rng.normal(size=(3, 3)))[0] if rotate else X
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_gride_leaves_tied_distances_out(rotate, caplog):
+    X = _grid_points(rotate)
+    # the same distances as the estimator (on a grid, q50 = q95 can make the overlap cut
+    # depend on the last bit of a distance)
+    r = knn(X, 8).distances
+    for n1, n2 in ((1, 2), (4, 8)):
+        lm = np.log(r[:, n2 - 1] / r[:, n1 - 1])
+        lm = lm[lm > 1e-10]  # ties (0 up to the distances' rounding) are left out first
+        mu = np.exp(lm)
+        q50, q95 = np.percentile(mu, [50, 95])
+        want = gride_mle(torch.tensor(lm[mu < q50 + 20 * (q95 - q50)])[None], n1, n2)[0]
+        with caplog.at_level("WARNING", logger="geomsae.dimension.gride"):
+            got = gd.gride(X, n1, n2)
+        assert got == pytest.approx(float(want[0]), rel=1e-9)
+        assert 1.5 < got < 4.0  # the grid is 3-dimensional; ties no longer blow it up
+    assert "tied distances" in caplog.text
+
+
+def test_gride_mle_weights_out_ties_and_flags_empty_rows():
+    lm = torch.tensor([[0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.1]], dtype=torch.float64)
+    d, se = gride_mle(lm, 2, 4)
+    ref, _ = gride_mle(torch.tensor([[0.2, 0.3]], dtype=torch.float64), 2, 4)
+    assert float(d[0]) == pytest.approx(float(ref[0]), rel=1e-12)
+    assert torch.isnan(d[1]) and torch.isnan(se[1])  # one untied ratio: no estimate
+
+
+def test_twonn_on_a_pure_grid_raises():
+    g = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0)), -1).reshape(-1, 2)
+    for X in (g, g @ np.linalg.qr(np.random.default_rng(1).normal(size=(2, 2)))[0]):
+        with pytest.raises(ValueError, match="equidistant"):
+            gd.twonn(X)
+
+
 def test_correlation_integral_from_the_radius_graph_matches_brute_force():
     # n >= 2000 with few pairs in reach: counted from the (projected) radius graph
     rng = np.random.default_rng(1)

@@ -25,7 +25,12 @@ from geomsae.neighbors import as_tensor, check_points, find_duplicates
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IDEstimator", "median", "prepare_points"]
+__all__ = ["TIED_LOG_RATIO", "IDEstimator", "median", "prepare_points"]
+
+TIED_LOG_RATIO = 1e-10
+"""A log-ratio of two neighbour distances at or below this is a tie. The k-NN distances are
+accurate to about 1e-16 of the squared norms, so two equal distances (grids, other discrete
+data) can come out ~1e-14 apart; a true ratio this close to 1 has probability ~1e-10 a point."""
 
 _DUPLICATE_POLICIES = ("raise", "drop", "ignore")
 

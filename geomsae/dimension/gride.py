@@ -8,7 +8,8 @@ The estimate maximises the likelihood over points (a concave problem in d, solve
 safeguarded Newton iteration vectorised over many samples at once). Larger ranks probe larger scales
 without decimating the data; ``n1 = 1, n2 = 2`` is the unbiased TwoNN MLE ``(N-1) / sum log mu``.
 Conventions follow DADApy: ``(N - 1)`` in place of N in the likelihood, and ratios above
-``q50 + 20 (q95 - q50)`` are discarded as overlapping points (global estimate only).
+``q50 + 20 (q95 - q50)`` are discarded as overlapping points (global estimate only). Tied
+distances (``mu = 1``, discrete data) are left out, as scikit-dimension does.
 
 Reference
 ---------
@@ -18,15 +19,19 @@ estimator. Scientific Reports 12, 20005.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 
-from geomsae.dimension.base import IDEstimator
+from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator
 from geomsae.neighbors import knn
 
-__all__ = ["GRIDE", "gride", "gride_mle"]
+logger = logging.getLogger(__name__)
+
+
+__all__ = ["GRIDE", "gride", "gride_mle", "usable"]
 
 
 def _check_ranks(n1: int, n2: int | None) -> tuple[int, int]:
@@ -48,7 +53,9 @@ def gride_mle(
     Parameters
     ----------
     log_mu : tensor of shape (n_batches, m)
-        ``log(r_{n2} / r_{n1})`` of ``m`` points per row (all > 0).
+        ``log(r_{n2} / r_{n1})`` of ``m`` points per row (>= 0). Ties (``<= 1e-10``: tied distances,
+        ``r_{n2} = r_{n1}``: discrete data such as grids) carry no weight: for ``n2 > n1 + 1``
+        their likelihood is 0 at every d, and scikit-dimension drops them too.
     n1, n2 : int
         Neighbour ranks, ``1 <= n1 < n2``.
     weights : tensor of shape (n_batches, m), optional
@@ -60,9 +67,13 @@ def gride_mle(
     Returns
     -------
     dimension, standard_error : tensors of shape (n_batches,)
-        The standard error is ``1 / sqrt(observed Fisher information)``.
+        The standard error is ``1 / sqrt(observed Fisher information)``. NaN for rows with
+        fewer than 2 untied ratios (of positive weight).
     """
     w = torch.ones_like(log_mu) if weights is None else weights.to(log_mu)
+    tied = log_mu <= TIED_LOG_RATIO
+    w = w.masked_fill(tied, 0.0)
+    log_mu = log_mu.masked_fill(tied, 1.0)  # any positive value: weight 0 (no 0 * inf)
     N = w.sum(1)
     sum_l = (w * log_mu).sum(1)
     wl, wl2 = w * log_mu, w * log_mu**2
@@ -94,14 +105,30 @@ def gride_mle(
         if done:
             break
     info = score_info(d)[1] + N / d**2 - (N - 1) / d**2  # DADApy's error uses N / d^2
-    return d, 1 / torch.sqrt(info)
+    few = N < 2
+    return d.masked_fill(few, math.nan), (1 / torch.sqrt(info)).masked_fill(few, math.nan)
 
 
-def drop_overlaps(log_mu: torch.Tensor) -> torch.Tensor:
-    """Keep ratios below ``q50 + 20 (q95 - q50)`` (DADApy's guard against overlapping points)."""
-    mu = torch.exp(log_mu)
+def _warn_ties(log_mu: torch.Tensor, n1: int, n2: int) -> None:
+    tied = int((log_mu <= TIED_LOG_RATIO).sum())
+    if tied:
+        logger.warning(
+            "GRIDE: %d of %d points have r_%d = r_%d (tied distances: discrete data?); "
+            "they are left out of the likelihood",
+            tied, log_mu.numel(), n2, n1,
+        )  # fmt: skip
+
+
+def usable(log_mu: torch.Tensor) -> torch.Tensor:
+    """Mask of the ratios the global estimate uses: untied (``log mu > 1e-10``) and, among
+    those, below ``q50 + 20 (q95 - q50)`` (DADApy's guard against overlapping points; the
+    quantiles are taken after dropping ties, as scikit-dimension does)."""
+    untied = log_mu > TIED_LOG_RATIO
+    mu = torch.exp(log_mu[untied])
+    if mu.numel() == 0:
+        return untied
     q = torch.quantile(mu, torch.tensor([0.5, 0.95], dtype=mu.dtype, device=mu.device))
-    return log_mu[mu < q[0] + 20 * (q[1] - q[0])]
+    return untied & (torch.exp(log_mu) < q[0] + 20 * (q[1] - q[0]))
 
 
 class GRIDE(IDEstimator):
@@ -138,8 +165,14 @@ class GRIDE(IDEstimator):
         if n2 > X.shape[0] - 1:
             raise ValueError(f"n2={n2} needs at least {n2 + 1} points; got {X.shape[0]}")
         r = knn(X, n2).distances
-        log_mu = drop_overlaps(torch.log(r[:, n2 - 1] / r[:, n1 - 1]))
-        d, se = gride_mle(log_mu[None], n1, n2)
+        log_mu = torch.log(r[:, n2 - 1] / r[:, n1 - 1])
+        _warn_ties(log_mu, n1, n2)
+        d, se = gride_mle(log_mu[usable(log_mu)][None], n1, n2)
+        if not bool(torch.isfinite(d).all()):
+            raise ValueError(
+                f"GRIDE({n1}, {n2}) has fewer than 2 points with r_{n2} > r_{n1} after "
+                f"dropping overlaps and ties; use more points or larger ranks"
+            )
         self.error_ = float(se[0])
         return float(d[0])
 
@@ -149,6 +182,7 @@ class GRIDE(IDEstimator):
             raise ValueError(f"n2={n2} needs at least {n2 + 1} points; got {X.shape[0]}")
         nb = knn(X, max(n2, n_neighbors))
         log_mu = torch.log(nb.distances[:, n2 - 1] / nb.distances[:, n1 - 1])
+        _warn_ties(log_mu, n1, n2)
         own = torch.arange(X.shape[0], device=nb.indices.device)[:, None]
         hood = log_mu[torch.cat([own, nb.indices[:, :n_neighbors]], dim=1)]
         return gride_mle(hood, n1, n2)[0]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from geomsae.dimension.base import prepare_points
-from geomsae.dimension.gride import gride_mle
+from geomsae.dimension.gride import gride_mle, usable
 from geomsae.neighbors import knn
 
 __all__ = ["IDScaleCurve", "id_scale_curve", "plot_id_scale_curve"]
@@ -98,13 +98,6 @@ class IDScaleCurve:
         }
 
 
-def _gride_mask(log_mu: torch.Tensor) -> torch.Tensor:
-    """Ratios GRIDE can use: not tied (``mu > 1``) and below ``q50 + 20 (q95 - q50)``."""
-    mu = torch.exp(log_mu)
-    q = torch.quantile(mu, torch.tensor([0.5, 0.95], dtype=mu.dtype, device=mu.device))
-    return (log_mu > 0) & (mu < q[0] + 20 * (q[1] - q[0]))
-
-
 def _default_scales(estimator: str, n: int, max_rank: int) -> np.ndarray:
     top = min(max_rank, n - 1)
     if estimator == "gride":
@@ -169,7 +162,7 @@ def id_scale_curve(
     for s in sc:
         if estimator == "gride":
             stat = torch.log(dist[:, 2 * s - 1] / dist[:, s - 1])  # (n,)
-            keep = _gride_mask(stat)  # tied distances and DADApy's overlap guard
+            keep = usable(stat)  # tied distances and DADApy's overlap guard
             stat = torch.where(keep, stat, torch.ones_like(stat))
             point = gride_mle(stat[None], int(s), int(2 * s), keep[None].to(stat))[0][0]
             boot = None

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from geomsae.dimension.base import IDEstimator
+from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator
 from geomsae.neighbors import knn
 
 __all__ = ["TwoNN", "twonn", "twonn_from_log_ratios"]
@@ -109,6 +109,12 @@ class TwoNN(IDEstimator):
         est = twonn_from_log_ratios(
             log_mu[None], discard_fraction=self.discard_fraction, method=self.method
         )
+        if bool((log_mu <= TIED_LOG_RATIO).all()) or not bool(torch.isfinite(est).all()):
+            raise ValueError(
+                "TwoNN is undefined here: every kept ratio r2/r1 is 1 (each point's two nearest "
+                "neighbours are equidistant, as on a grid); add small noise or use GRIDE with "
+                "larger ranks"
+            )
         return float(est[0])
 
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
