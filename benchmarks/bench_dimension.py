@@ -88,7 +88,9 @@ def speed_cases(
         t_knn, (_, idx) = _timed(lambda: NearestNeighbors(n_neighbors=k).fit(X).kneighbors())
         sub = rng.choice(n, size=min(lpca_subset, n), replace=False)
         hood = np.concatenate([sub[:, None], idx[sub]], axis=1)
-        t_sub, est = _timed(lambda: skdim.id.lPCA().fit_pw(X, precomputed_knn=hood).dimension_pw_)
+        t_sub, est = _timed(
+            lambda: skdim.id.lPCA().fit_pw(X, precomputed_knn=hood, n_neighbors=k).dimension_pw_
+        )
         sk_lpca_pw.subset = (sub, est)
         total = t_knn + t_sub * n / len(sub)
         note = f"k-NN {t_knn:.1f} s + loop on {len(sub)} pts x {n / len(sub):.0f}"

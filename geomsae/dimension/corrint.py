@@ -128,7 +128,9 @@ class CorrelationDimension(IDEstimator):
         The scale range runs from the median distance to the ``k1``-th neighbour to the median
         distance to the ``k2``-th neighbour.
     n_radii : int, default 8
-        Radii (log-spaced) in the regression; 2 reproduces the classic two-point slope.
+        Radii (log-spaced) in the regression; 2 reproduces the classic two-point slope. The radii
+        are widened by 1e-9 relative, so a pair at exactly a median radius (for an odd count the
+        median is itself a neighbour distance) is counted whatever the rounding.
     on_duplicates : {"raise", "drop"}
 
     Attributes
