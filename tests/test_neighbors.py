@@ -344,6 +344,17 @@ def test_property_knn_is_brute_force(n, dim, k, seed, shift):
     )
 
 
+def test_distances_of_close_pairs_keep_their_digits():
+    # two short, far-apart segments of a line in R^128: neighbours at ~1e-3 of the (centred)
+    # norms, where the float64 expansion |q|^2 + |r|^2 - 2 q.r alone loses ~6 digits
+    t = np.concatenate([np.linspace(0.0, 0.07, 100), 1.0 + np.linspace(0.0, 0.07, 100)])
+    basis = np.random.default_rng(11).normal(size=(1, 128))
+    X = 50.0 + t[:, None] @ basis
+    want = np.sort(cdist(X, X), axis=1)[:, 1:6]
+    for method in ("brute", "projected"):
+        np.testing.assert_allclose(knn(X, 5, method=method).distances, want, rtol=1e-10)
+
+
 # ------------------------------------------------------------------------ projected screen
 
 

@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "DEFAULT_MEMORY_BYTES",
+    "REMEASURE_BELOW",
     "Reference",
     "block_rows",
     "brute_knn",
@@ -38,6 +39,14 @@ __all__ = [
 
 DEFAULT_MEMORY_BYTES = 256 * 2**20
 """Work-space budget of one block (distance block plus refinement gather), in bytes."""
+
+REMEASURE_BELOW = 1e-4
+"""Pairs whose squared distance from the expansion ``|q|^2 + |r|^2 - 2 q.r`` is below this
+fraction of ``|q|^2 + |r|^2`` (a distance below ~1 % of the norms) are re-measured directly as
+``|q - r|``. The expansion's rounding error, ~sqrt(D) eps of the squared norms (D eps at worst),
+then stays below ~1e-11 of every squared distance it is used for: measured 4e-12 relative on a
+noise-free curve in R^128, where 1e-8 (the threshold before) left 4e-8. On SmolLM2 layer-6
+activations 0.04 % of the k-NN pairs (k = 20) are re-measured."""
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -189,13 +198,14 @@ def refine_pairs(
     """Float64 distances of CSR pairs (row ``i`` of ``Qc``, centred; reference row ``cols[p]``).
 
     The expansion ``|q|^2 + |r|^2 - 2 q.r`` in float64 is accurate to ~1e-16 of the squared
-    norms; pairs where that is not enough (squared distance below 1e-8 of the squared norms:
-    near-duplicates) are recomputed directly as ``|q - r|``, so duplicates come out as exactly 0.
+    norms; pairs where that is not enough (squared distance below :data:`REMEASURE_BELOW` of
+    the squared norms: near-duplicates) are recomputed directly as ``|q - r|``, so duplicates
+    come out as exactly 0.
     """
     rows = torch.repeat_interleave(torch.arange(Qc.shape[0], device=Qc.device), torch.diff(crow))
     q_sq = row_sq(Qc)[rows]
     d2 = (q_sq + ref.sq[cols] - 2.0 * _csr_dots(Qc, ref.X, crow, cols)).clamp_min(0)
-    close = d2 < 1e-8 * (q_sq + ref.sq[cols])
+    close = d2 < REMEASURE_BELOW * (q_sq + ref.sq[cols])
     if bool(close.any()):
         p = torch.nonzero(close).flatten()
         d2[p] = ((ref.X[cols[p]] - Qc[rows[p]]) ** 2).sum(1)
@@ -215,9 +225,10 @@ def refine(Qc: torch.Tensor, ref: Reference, idx: torch.Tensor) -> torch.Tensor:
 def fix_close(
     Qc: torch.Tensor, ref: Reference, idx: torch.Tensor, d2: torch.Tensor
 ) -> torch.Tensor:
-    """Distances from float64 squared distances; pairs closer than 1e-4 of the norms re-measured."""
+    """Distances from float64 squared distances; close pairs (:data:`REMEASURE_BELOW`) are
+    re-measured."""
     scale = row_sq(Qc)[:, None] + ref.sq[idx]
-    close = d2 < 1e-8 * scale
+    close = d2 < REMEASURE_BELOW * scale
     if bool(close.any()):
         rows, cols = torch.nonzero(close, as_tuple=True)
         d2 = d2.clone()

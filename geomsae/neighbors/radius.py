@@ -11,6 +11,7 @@ import scipy.sparse
 import torch
 
 from geomsae.neighbors.brute import (
+    REMEASURE_BELOW,
     Reference,
     auto_screen_dtype,
     block_rows,
@@ -172,7 +173,7 @@ def _expansion_block(
     r, c = torch.nonzero(d2 <= radius**2 + slack, as_tuple=True)
     d2_rc = d2[r, c].clamp_min(0)
     del d2
-    close = d2_rc < 1e-8 * (x_sq[start + r] + x_sq[c])
+    close = d2_rc < REMEASURE_BELOW * (x_sq[start + r] + x_sq[c])
     if bool(close.any()):
         p = torch.nonzero(close).flatten()
         d2_rc[p] = ((Xt[start + r[p]] - Xt[c[p]]) ** 2).sum(1)
