@@ -30,7 +30,6 @@ from geomsae.neighbors import knn
 
 logger = logging.getLogger(__name__)
 
-
 __all__ = ["GRIDE", "gride", "gride_mle", "usable"]
 
 
