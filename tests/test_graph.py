@@ -304,3 +304,12 @@ def test_against_megaman() -> None:  # pragma: no cover - needs megaman (0.2 API
     np.testing.assert_allclose(-theirs.toarray(), ours.toarray(), atol=1e-8)  # their sign: -
     H_theirs = RiemannMetric(X, theirs, n_dim=3).get_dual_rmetric()
     np.testing.assert_allclose(riemannian_metric(X, ours).dual, H_theirs, atol=1e-8)
+
+
+def test_isolated_vertex_in_the_unnormalized_laplacian():
+    W = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    L = laplacian_matrix(W, "unnormalized").toarray()
+    np.testing.assert_array_equal(L.sum(1), 0.0)
+    np.testing.assert_array_equal(np.diag(L), [1.0, 1.0, 0.0])
+    ev = laplacian_spectrum(W, 2, "unnormalized").eigenvalues
+    np.testing.assert_allclose(ev, [0.0, 0.0], atol=1e-12)  # one zero per component

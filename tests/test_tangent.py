@@ -251,3 +251,24 @@ def test_cuda_matches_cpu(sph) -> None:
     gpu = tangent_spaces(torch.from_numpy(sph.X).cuda(), 2, bandwidth=0.1)
     assert gpu.bases.is_cuda
     np.testing.assert_allclose(gpu.bases.cpu().numpy(), cpu.bases, atol=1e-10)
+
+
+def test_duplicate_neighbourhoods_are_refused_at_d1():
+    t = np.linspace(0, 2 * np.pi, 300, endpoint=False)
+    C = np.c_[np.cos(t), np.sin(t), 0 * t]
+    Xd = np.r_[C, np.repeat(C[:1], 7, 0)]  # point 0 and 7 exact copies: a rank-0 neighbourhood
+    with pytest.raises(ValueError, match="span fewer than d"):
+        tangent_spaces(Xd, 1, n_neighbors=5)
+    with pytest.raises(ValueError, match="span fewer than d"):
+        tangent_spaces(np.repeat([[0.3, 0.7, 0.1]], 20, 0), 1, n_neighbors=5)
+
+
+def test_indices_must_be_row_numbers():
+    t = np.linspace(0, 2 * np.pi, 300, endpoint=False)
+    C = np.c_[np.cos(t), np.sin(t), 0 * t]
+    with pytest.raises(ValueError, match="boolean mask"):
+        tangent_spaces(C, 1, n_neighbors=5, indices=np.arange(300) < 3)
+    with pytest.raises(ValueError, match="integers"):
+        tangent_spaces(C, 1, n_neighbors=5, indices=[1.7])
+    ts = tangent_spaces(C, 1, n_neighbors=5, indices=torch.tensor([0, 5]))
+    assert ts.bases.shape == (2, 3, 1)

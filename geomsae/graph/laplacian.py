@@ -53,7 +53,8 @@ def _random_walk_parts(W: sp.csr_matrix, exponent: float | None):
 
 
 def _unnormalized(W, exponent):
-    return (sp.diags(_degrees(W)) - W).tocsr()
+    # raw degrees: an isolated vertex has a zero row (its own component, eigenvalue 0)
+    return (sp.diags(np.asarray(W.sum(axis=1)).ravel()) - W).tocsr()
 
 
 def _randomwalk(W, exponent):

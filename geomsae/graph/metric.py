@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from geomsae.neighbors import as_indices
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["RiemannianMetric", "riemannian_metric"]
@@ -92,9 +94,7 @@ def riemannian_metric(
     n_dim = s if n_dim is None else int(n_dim)
     if not 1 <= n_dim <= s:
         raise ValueError(f"n_dim must be in [1, s = {s}]; got {n_dim}")
-    idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"indices must lie in [0, {n})")
+    idx = np.arange(n) if indices is None else as_indices(indices, n).numpy()
     Lr = sp.csr_matrix(laplacian)[idx]
     LY = Lr @ Y  # (m, s)
     Yi = Y[idx]

@@ -37,6 +37,7 @@ array([1., 3.])
 
 from geomsae.neighbors.brute import DEFAULT_MEMORY_BYTES
 from geomsae.neighbors.checks import (
+    as_indices,
     as_tensor,
     check_no_duplicates,
     check_points,
@@ -52,6 +53,7 @@ __all__ = [
     "METHODS",
     "Neighbors",
     "ProjectionPlan",
+    "as_indices",
     "as_tensor",
     "check_no_duplicates",
     "check_points",

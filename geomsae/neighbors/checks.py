@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_indices",
     "as_tensor",
     "check_no_duplicates",
     "check_points",
@@ -67,6 +68,27 @@ def as_tensor(X: Any, device: str | torch.device | None = None) -> torch.Tensor:
     """``X`` as a float64 torch tensor (zero-copy for float64 numpy arrays on CPU)."""
     t = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(X))
     return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+
+
+def as_indices(
+    indices: Any, n: int, *, name: str = "indices", device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Row indices as a flat int64 tensor, or a ``ValueError`` naming the fix.
+
+    Integer arrays, lists and tensors are accepted; boolean masks and floats are refused (a
+    mask would silently be read as the rows 0 and 1), as are indices outside ``[0, n)``.
+    """
+    t = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
+    if t.dtype == torch.bool:
+        raise ValueError(
+            f"{name} is a boolean mask; pass row numbers instead (np.flatnonzero(mask))"
+        )
+    if t.numel() and (t.is_floating_point() or t.is_complex()):
+        raise ValueError(f"{name} must be integers; got dtype {t.dtype}")
+    t = t.reshape(-1).long().to(device if device is not None else t.device)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise ValueError(f"{name} must lie in [0, {n})")
+    return t
 
 
 def _out(t: torch.Tensor, like_torch: bool) -> Any:

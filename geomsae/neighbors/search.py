@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn
-from geomsae.neighbors.checks import as_tensor, check_points
+from geomsae.neighbors.checks import as_indices, as_tensor, check_points
 from geomsae.neighbors.plan import plan
 from geomsae.neighbors.projected import projected_knn
 
@@ -108,9 +108,7 @@ def knn(
             qi = torch.arange(n_ref, device=R.device)
             Q = Xt
         else:
-            qi = torch.as_tensor(np.asarray(query_indices), device=R.device).long().reshape(-1)
-            if qi.numel() and (qi.min() < 0 or qi.max() >= n_ref):
-                raise ValueError(f"query_indices must lie in [0, {n_ref})")
+            qi = as_indices(query_indices, n_ref, name="query_indices", device=R.device)
             Q = Xt[qi]
         max_k = n_ref - 1
     else:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from geomsae.grassmann import fix_signs
-from geomsae.neighbors import as_tensor, check_points
+from geomsae.neighbors import as_indices, as_tensor, check_points
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +132,20 @@ def _weighted_pca(
     return torch.cat(bases), torch.cat(eigs), torch.cat(centers)
 
 
-def _check_rank(eig: torch.Tensor, count: torch.Tensor, idx: torch.Tensor, d: int, how: str):
-    """One clear error when some neighbourhood cannot span d dimensions."""
+def _check_rank(
+    eig: torch.Tensor,
+    count: torch.Tensor,
+    idx: torch.Tensor,
+    d: int,
+    how: str,
+    centers: torch.Tensor | None = None,
+):
+    """One clear error when some neighbourhood cannot span d dimensions.
+
+    A neighbourhood of identical points has a covariance of pure rounding, ~(eps |x|)^2 from
+    its weighted mean: eigenvalues below 1e-20 of the squared norm of its centre (a spread
+    below 1e-10 of it) count as zero, which also catches ``d = 1``, where ``lam_d = lam_1``.
+    """
     few = count < d + 1
     if bool(few.any()):
         i = int(idx[few.nonzero()[0, 0]])
@@ -144,6 +156,9 @@ def _check_rank(eig: torch.Tensor, count: torch.Tensor, idx: torch.Tensor, d: in
     lam1 = eig[:, 0]
     lamd = eig[:, d - 1] if eig.shape[1] >= d else torch.zeros_like(lam1)
     bad = (lam1 <= 0) | (lamd <= 1e-12 * lam1)
+    if centers is not None:
+        c = torch.as_tensor(centers).to(eig)
+        bad |= lam1 <= 1e-20 * (c * c).sum(1)
     if bool(bad.any()):
         i = int(idx[bad.nonzero()[0, 0]])
         raise ValueError(
@@ -215,11 +230,11 @@ def weighted_local_pca(
         raise ValueError("every neighbourhood needs a positive total weight")
     w = w / tot
     nbr_safe = torch.where(pad, nbr.new_zeros(()), nbr)
-    idx = nbr_safe[:, 0] if indices is None else torch.as_tensor(indices, device=Xt.device).long()
+    idx = nbr_safe[:, 0] if indices is None else as_indices(indices, Xt.shape[0], device=Xt.device)
     bases, eig, centers = _weighted_pca(Xt, nbr_safe, w, d, square_weights, memory_bytes)
     if check_rank:
         how = "use a larger bandwidth / n_neighbors"
-        _check_rank(eig, (w > 0).sum(1), idx, d, how)
+        _check_rank(eig, (w > 0).sum(1), idx, d, how, centers)
     nbr_out = torch.where(pad, nbr.new_full((), -1), nbr)
     out = [_to_out(t, like_torch) for t in (bases, eig, centers, idx, nbr_out, w)]
     return TangentSpaces(*out, d=int(d), bandwidth=bandwidth)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from geomsae.neighbors import as_tensor, check_points, knn
+from geomsae.neighbors import as_indices, as_tensor, check_points, knn
 from geomsae.tangent.pca import (
     _ARRAY_FIELDS,
     DEFAULT_MEMORY_BYTES,
@@ -144,15 +144,11 @@ def tangent_spaces(
         )
     if bandwidth is not None and not (np.isfinite(bandwidth) and bandwidth > 0):
         raise ValueError(f"bandwidth must be a finite number > 0; got {bandwidth!r}")
-    if indices is None:
-        idx = torch.arange(n)
-    elif isinstance(indices, torch.Tensor):
-        idx = indices.long()
-    else:
-        idx = torch.as_tensor(np.asarray(indices)).long()
-    idx = idx.reshape(-1).to(Xt.device)
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ValueError(f"indices must lie in [0, {n})")
+    idx = (
+        torch.arange(n, device=Xt.device)
+        if indices is None
+        else as_indices(indices, n, device=Xt.device)
+    )
     if n_neighbors is not None:
         if not isinstance(n_neighbors, (int, np.integer)) or not 1 <= n_neighbors < n:
             raise ValueError(f"n_neighbors must be an integer in [1, {n - 1}]; got {n_neighbors!r}")
@@ -187,7 +183,7 @@ def tangent_spaces(
         Xt, ind, w, d, indices=idx, bandwidth=bandwidth, square_weights=square_weights,
         check_rank=False, memory_bytes=memory_bytes,
     )  # fmt: skip
-    _check_rank(ts.eigenvalues, (ts.weights > 0).sum(1), idx, d, how)
+    _check_rank(ts.eigenvalues, (ts.weights > 0).sum(1), idx, d, how, ts.centers)
     if like_torch:
         dev = X.device
         return dataclasses.replace(
