@@ -180,6 +180,21 @@ def test_metric_of_isometric_flat_embedding_is_identity() -> None:
     np.testing.assert_allclose(scaled.metric @ scaled.dual, eye, atol=1e-10)
 
 
+def test_metric_is_exact_under_translation_and_matches_the_expanded_formula() -> None:
+    X = circle(300)
+    _, L = graph(X, 0.1)
+    rm = riemannian_metric(X, L, n_dim=1)
+    far = riemannian_metric(X + 1e4, L, n_dim=1)  # the expanded formula lost ~4 digits here
+    np.testing.assert_allclose(far.dual, rm.dual, atol=1e-9)
+    # a matrix whose rows do not sum to 0: the row-sum term keeps the textbook formula
+    M = (L + sp.diags(np.linspace(0.1, 1.0, 300))).tocsr()
+    Y = X + np.array([0.3, -0.2])
+    LY, LYY = M @ Y, M @ (Y[:, :, None] * Y[:, None, :]).reshape(300, 4)
+    want = -0.5 * (LYY.reshape(300, 2, 2) - Y[:, :, None] * LY[:, None, :]
+                   - LY[:, :, None] * Y[:, None, :])  # fmt: skip
+    np.testing.assert_allclose(riemannian_metric(Y, M).dual, want, atol=1e-9)
+
+
 def test_metric_of_circle_is_the_tangent_projector() -> None:
     """Unit circle in R^2 (arclength metric): H = t t^T, rank 1; G its pseudo-inverse."""
     n = 400

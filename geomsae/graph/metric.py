@@ -12,8 +12,11 @@ an isometry onto ``R^d``. The **metric** ``G_i`` is the pseudo-inverse of ``H_i`
 its top ``n_dim`` eigen-directions. Use the scaled geometric Laplacian
 (``laplacian_matrix(K, "geometric", scaling_epps=eps)``) for consistent values.
 
-When the rows of ``L`` sum to zero, ``H_i = -1/2 sum_j L_ij (y_j - y_i)(y_j - y_i)^T``: a
-kernel-weighted covariance of the displacements, which is what is computed (blocked over rows).
+For any ``L`` this equals ``-1/2 sum_j L_ij (y_j - y_i)(y_j - y_i)^T + 1/2 r_i y_i y_i^T`` with
+``r_i`` the i-th row sum: when the rows sum to zero, a kernel-weighted covariance of the
+displacements. That form is what is computed (blocked over rows): it is exact under a
+translation of ``Y`` (the expanded one lost ~5 digits at ``|y| ~ 2000``), and the ``r_i`` term
+keeps it equal to the formula above for Laplacians whose rows do not sum to zero.
 """
 
 from __future__ import annotations
@@ -96,18 +99,20 @@ def riemannian_metric(
         raise ValueError(f"n_dim must be in [1, s = {s}]; got {n_dim}")
     idx = np.arange(n) if indices is None else as_indices(indices, n).numpy()
     Lr = sp.csr_matrix(laplacian)[idx]
-    LY = Lr @ Y  # (m, s)
     Yi = Y[idx]
-    # sum_j L_ij y_j y_j^T, accumulated edge by edge in row blocks
+    row_sums = np.asarray(Lr.sum(axis=1)).ravel()
+    # rows that sum to 0 up to rounding (every Laplacian here but the symmetric normalised
+    # one): their rounding would otherwise come back as r_i y_i y_i^T at large |y|
+    row_sums[np.abs(row_sums) <= 1e-12 * np.asarray(abs(Lr).sum(axis=1)).ravel()] = 0.0
+    # sum_j L_ij (y_j - y_i)(y_j - y_i)^T, accumulated edge by edge in row blocks
     S = np.zeros((idx.size, s, s))
     per_row = max(1, Lr.nnz // max(idx.size, 1)) * s * s * 8
     bs = max(1, block_bytes // per_row)
     for a in range(0, idx.size, bs):
         blk = Lr[a : a + bs].tocoo()
-        yc = Y[blk.col]
+        yc = Y[blk.col] - Yi[a + blk.row]
         np.add.at(S, a + blk.row, blk.data[:, None, None] * yc[:, :, None] * yc[:, None, :])
-    cross = Yi[:, :, None] * LY[:, None, :]
-    H = -0.5 * (S - cross - cross.transpose(0, 2, 1))
+    H = -0.5 * S + 0.5 * row_sums[:, None, None] * Yi[:, :, None] * Yi[:, None, :]
     H = 0.5 * (H + H.transpose(0, 2, 1))
     vals, vecs = np.linalg.eigh(H)
     vals, vecs = vals[:, ::-1], vecs[:, :, ::-1]
