@@ -162,9 +162,9 @@ class KarcherMean(NamedTuple):
     mean : ndarray of shape (..., D, d)
         Orthonormal basis of the mean subspace (deterministic column signs).
     n_iter : int
-        Gradient steps taken.
+        Gradients evaluated (the steps taken, plus one).
     gradient_norm : ndarray of shape (...)
-        Norm of the final Riemannian gradient ``sum_j w_j Log_M(X_j)`` of each group.
+        Norm of the Riemannian gradient ``sum_j w_j Log_M(X_j)`` of each group at ``mean``.
     converged : bool
         Whether every group reached ``gradient_norm <= tol``.
     """
@@ -221,11 +221,8 @@ def karcher_mean(
     if weights is None:
         w = np.full((g, m), 1.0 / m)
     else:
-        w = (
-            np.asarray(weights, dtype=float).reshape(-1, m)
-            if np.size(weights)
-            else np.zeros((g, m))
-        )
+        w = np.asarray(weights, dtype=float)
+        w = w.reshape(-1, m) if w.size == g * m else w
         if w.shape != (g, m) or not np.isfinite(w).all() or (w < 0).any():
             raise ValueError(f"weights must be finite, >= 0 and of shape {(*lead, m)}")
         tot = w.sum(1, keepdims=True)
@@ -249,8 +246,8 @@ def karcher_mean(
             ) from exc
         grad = np.einsum("gm,gmij->gij", w, logs)
         gnorm = np.linalg.norm(grad, axis=(1, 2))
-        if (gnorm <= tol).all():
-            break
+        if (gnorm <= tol).all() or n_iter == max_iter:
+            break  # (at max_iter: no step, so gradient_norm is that of the returned mean)
         M = man.exp(M, grad)
     converged = bool((gnorm <= tol).all())
     if not converged:

@@ -155,3 +155,15 @@ def test_karcher_mean_bad_input() -> None:
         karcher_mean(np.stack([np.eye(3)[:, :1]] * 2), weights=[-1.0, 2.0])
     with pytest.raises(ValueError, match="positive total weight"):
         karcher_mean(np.stack([np.eye(3)[:, :1]] * 2), weights=[0.0, 0.0])
+
+
+def test_karcher_mean_reports_the_gradient_at_the_returned_mean() -> None:
+    rng = np.random.default_rng(4)
+    members = np.stack([np.linalg.qr(rng.normal(size=(6, 2)))[0] for _ in range(5)])
+    res = karcher_mean(members, max_iter=2, tol=0.0)  # stops at max_iter, not converged
+    man = Grassmann(6, 2)
+    grad = np.mean([man.log(res.mean, Xj) for Xj in members], axis=0)
+    assert not res.converged
+    assert float(res.gradient_norm) == pytest.approx(np.linalg.norm(grad), rel=1e-8)
+    with pytest.raises(ValueError, match="weights must be"):
+        karcher_mean(members, np.ones(4))
