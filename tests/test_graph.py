@@ -328,3 +328,15 @@ def test_isolated_vertex_in_the_unnormalized_laplacian():
     np.testing.assert_array_equal(np.diag(L), [1.0, 1.0, 0.0])
     ev = laplacian_spectrum(W, 2, "unnormalized").eigenvalues
     np.testing.assert_allclose(ev, [0.0, 0.0], atol=1e-12)  # one zero per component
+
+
+def test_select_radius_warns_when_the_minimum_is_at_the_last_candidate(caplog) -> None:
+    X = sphere(800, d=2, random_state=0).X
+    with caplog.at_level("WARNING", logger="geomsae.graph.radius"):
+        rs = select_radius(X, 2, n_samples=60)
+    assert rs.radius == pytest.approx(float(np.nanmax(rs.radii[np.isfinite(rs.distortion)])))
+    assert "may lie beyond" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomsae.graph.radius"):
+        inner = select_radius(X, 2, np.geomspace(0.25, 3.0, 12), n_samples=60)
+    assert inner.radius < 3.0 and "may lie beyond" not in caplog.text

@@ -228,6 +228,13 @@ def select_radius(
             f"{criterion}; try larger radii (largest was {radii[-1]:.4g}) or fewer min_neighbors"
         )
     best = int(np.nanargmin(score))
+    finite = np.flatnonzero(np.isfinite(score))
+    if best == finite[-1] and finite.size > 1:
+        logger.warning(
+            "select_radius: %s is smallest at the largest candidate radius (%.4g); the minimum "
+            "may lie beyond it: pass larger radii",
+            criterion, radii[best],
+        )  # fmt: skip
     logger.info(
         "select_radius: %s picks radius %.4g (eps %.4g, %.1f neighbours)",
         criterion, radii[best], radii[best] / cutoff, mean_nb[best],
