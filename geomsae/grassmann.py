@@ -231,7 +231,17 @@ def karcher_mean(
         w = w / tot
     # chordal mean: top-d eigenvectors of the weighted average projector
     P = np.einsum("gm,gmij,gmkj->gik", w, X, X)
-    M = np.linalg.eigh(P)[1][..., ::-1][..., :d].copy()
+    lam, vec = np.linalg.eigh(P)
+    M = vec[..., ::-1][..., :d].copy()
+    if d < D:
+        gap = lam[..., D - d] - lam[..., D - d - 1]  # between the d-th and (d+1)-th largest
+        if (gap <= 1e-8 * lam[..., -1]).any():
+            logger.warning(
+                "karcher_mean: %d group(s) have no unique mean (the average projector's d-th "
+                "and (d+1)-th eigenvalues tie, e.g. equally weighted orthogonal subspaces); "
+                "an arbitrary one of the means is returned",
+                int((gap <= 1e-8 * lam[..., -1]).sum()),
+            )
     man = Grassmann(D, d, k=max(g * m, 2))
     Xf = X.reshape(g * m, D, d)
     n_iter, gnorm = 0, np.full(g, np.inf)

@@ -167,3 +167,14 @@ def test_karcher_mean_reports_the_gradient_at_the_returned_mean() -> None:
     assert float(res.gradient_norm) == pytest.approx(np.linalg.norm(grad), rel=1e-8)
     with pytest.raises(ValueError, match="weights must be"):
         karcher_mean(members, np.ones(4))
+
+
+def test_karcher_mean_warns_when_the_mean_is_not_unique(caplog) -> None:
+    e = np.eye(4)
+    members = np.stack([e[:, :2], e[:, 2:]])  # orthogonal planes, equal weights
+    with caplog.at_level("WARNING", logger="geomsae.grassmann"):
+        try:
+            karcher_mean(members)
+        except ValueError:
+            pass  # the logarithm may be undefined there; the warning comes first
+    assert "no unique mean" in caplog.text

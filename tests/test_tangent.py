@@ -272,3 +272,5 @@ def test_indices_must_be_row_numbers():
         tangent_spaces(C, 1, n_neighbors=5, indices=[1.7])
     ts = tangent_spaces(C, 1, n_neighbors=5, indices=torch.tensor([0, 5]))
     assert ts.bases.shape == (2, 3, 1)
+    with pytest.raises(ValueError, match="d must be an integer"):
+        tangent_spaces(C, True, n_neighbors=5)

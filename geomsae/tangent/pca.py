@@ -213,7 +213,7 @@ def weighted_local_pca(
     like_torch = isinstance(X, torch.Tensor)
     Xt = as_tensor(check_points(X))
     n, D = Xt.shape
-    if not isinstance(d, (int, np.integer)) or not 1 <= d < D:
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d < D:
         raise ValueError(f"d must be an integer with 1 <= d < D = {D}; got {d!r}")
     nbr = torch.as_tensor(neighbor_indices, device=Xt.device).long()
     w = as_tensor(weights, Xt.device)

@@ -132,7 +132,9 @@ def tangent_spaces(
     X = check_points(X, min_samples=2)
     Xt = as_tensor(X)
     n, D = Xt.shape
-    if d is not None and (not isinstance(d, (int, np.integer)) or not 1 <= d < D):
+    if d is not None and (
+        isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d < D
+    ):
         raise ValueError(
             f"d must be an integer with 1 <= d < D = {D} (a tangent space is a proper subspace);"
             f" got {d!r}"
