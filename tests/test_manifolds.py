@@ -153,3 +153,25 @@ def test_noise_and_flat_generators():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sphere(-3),
+        lambda: sphere(2.0),
+        lambda: sphere(10, radius=0.0),
+        lambda: ball(10, radius=-1.0),
+        lambda: cube(10, side=0.0),
+        lambda: swiss_roll(10, turns=0.0),
+        lambda: swiss_roll(10, height=0.0),
+        lambda: sphere(10, ambient_dim=10.7),
+        lambda: sphere(10, noise=None),
+        lambda: gaussian_blobs(10, n_blobs=2.5),
+        lambda: benchmark_manifold("M10d_Cubic", n=-5),
+        lambda: benchmark_manifold("M10d_Cubic", tangents=True, noise=-1.0),
+    ],
+)
+def test_bad_generator_arguments_are_refused_before_sampling(make):
+    with pytest.raises(ValueError, match="must be"):
+        make()

@@ -45,7 +45,8 @@ class SampledManifold:
         Intrinsic parameters the points were generated from (angles, roll parameter, ...),
         i.e. ground-truth coordinate functions. None where the manifold has no global chart.
     embedding : array of shape (D0, ambient_dim) or None
-        Orthonormal-row matrix applied to the original ``R^D0`` points (None if not rotated).
+        Orthonormal-row matrix applied to the original ``R^D0`` points (a random rotation, or
+        ``eye(D0, ambient_dim)`` when only padded; None when neither).
     noise : float
         Standard deviation of the isotropic Gaussian noise added in the ambient space.
     description : str
@@ -118,13 +119,29 @@ def random_embedding(d0: int, ambient_dim: int, rng: np.random.Generator) -> np.
     return Q.T
 
 
-def _check_common(n: int, ambient_dim: int | None, noise: float) -> None:
-    if not isinstance(n, (int, np.integer)) or n < 1:
+def check_common(n: int, ambient_dim: int | None, noise: float) -> None:
+    """The arguments every generator shares; called before sampling."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}")
-    if ambient_dim is not None and ambient_dim < 1:
-        raise ValueError(f"ambient_dim must be positive; got {ambient_dim!r}")
-    if not np.isfinite(noise) or noise < 0:
+    if ambient_dim is not None and (
+        isinstance(ambient_dim, bool)
+        or not isinstance(ambient_dim, (int, np.integer))
+        or ambient_dim < 1
+    ):
+        raise ValueError(f"ambient_dim must be a positive integer; got {ambient_dim!r}")
+    if not isinstance(noise, (int, float, np.integer, np.floating)) or not (
+        np.isfinite(noise) and noise >= 0
+    ):
         raise ValueError(f"noise must be a finite number >= 0; got {noise!r}")
+
+
+def check_positive(**values: float) -> None:
+    """A ``ValueError`` for any shape parameter that is not a finite number > 0."""
+    for name, v in values.items():
+        if not isinstance(v, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(v) and v > 0
+        ):
+            raise ValueError(f"{name} must be a finite number > 0; got {v!r}")
 
 
 def finish(
@@ -150,7 +167,7 @@ def finish(
     ``tangents``) directly. ``rotate=None`` rotates exactly when ``ambient_dim`` is given;
     ``rotate=False`` with a larger ``ambient_dim`` pads with zeros only.
     """
-    _check_common(len(theta) if X is None else len(X), ambient_dim, noise)
+    check_common(len(theta) if X is None else len(X), ambient_dim, noise)
     if X is None:
         th = torch.as_tensor(theta, dtype=torch.float64)
         X = torch.func.vmap(phi)(th).numpy()

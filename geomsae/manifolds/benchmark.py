@@ -23,7 +23,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from geomsae.manifolds.base import RandomState, SampledManifold, as_rng, finish, orthonormal_columns
+from geomsae.manifolds.base import (
+    RandomState,
+    SampledManifold,
+    as_rng,
+    check_common,
+    finish,
+    orthonormal_columns,
+)
 
 __all__ = ["BENCHMARK_MANIFOLDS", "BenchmarkSpec", "benchmark_manifold", "benchmark_manifolds"]
 
@@ -283,6 +290,7 @@ def benchmark_manifold(
             f"unknown benchmark manifold {name!r}; choose from {sorted(BENCHMARK_MANIFOLDS)}"
         )
     spec = BENCHMARK_MANIFOLDS[name]
+    check_common(n, ambient_dim, noise)
     rng = as_rng(random_state)
     parts = spec.sample(rng, n, spec.d, spec.D)
     return finish(

@@ -1,8 +1,10 @@
 """Classic test manifolds: sphere, ball, flat cube, torus, Swiss roll, Gaussian blobs.
 
 Every generator takes ``n`` and the keyword options ``ambient_dim`` (pad + random rotation),
-``rotate``, ``noise`` (Gaussian standard deviation in the ambient space), ``tangents`` (compute
-ground-truth tangent bases) and ``random_state``, and returns a :class:`SampledManifold`.
+``rotate`` (all but ``gaussian_blobs``, whose subspace is always a random one), ``noise``
+(Gaussian standard deviation in the ambient space), ``tangents`` (compute ground-truth tangent
+bases) and ``random_state``, and returns a :class:`SampledManifold`. Arguments are checked
+before sampling; shape parameters (radius, side, height, turns) must be > 0.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from geomsae.manifolds.base import RandomState, SampledManifold, as_rng, finish
+from geomsae.manifolds.base import (
+    RandomState,
+    SampledManifold,
+    as_rng,
+    check_common,
+    check_positive,
+    finish,
+)
 
 __all__ = ["ball", "cube", "gaussian_blobs", "sphere", "swiss_roll", "torus"]
 
@@ -37,6 +46,8 @@ def sphere(
     global chart).
     """
     _check_d(d)
+    check_common(n, ambient_dim, noise)
+    check_positive(radius=radius)
     rng = as_rng(random_state)
     V = rng.standard_normal((n, d + 1))
     U = V / np.linalg.norm(V, axis=1, keepdims=True)
@@ -77,6 +88,8 @@ def ball(
 ) -> SampledManifold:
     """Uniform sample of the d-ball in ``R^d`` (the reference of DANCo-style calibration)."""
     _check_d(d)
+    check_common(n, ambient_dim, noise)
+    check_positive(radius=radius)
     rng = as_rng(random_state)
     V = rng.standard_normal((n, d))
     V /= np.linalg.norm(V, axis=1, keepdims=True)
@@ -109,6 +122,8 @@ def cube(
 ) -> SampledManifold:
     """Uniform sample of the flat cube ``[0, side]^d``."""
     _check_d(d)
+    check_common(n, ambient_dim, noise)
+    check_positive(side=side)
     rng = as_rng(random_state)
     X = side * rng.random((n, d))
     return finish(
@@ -143,6 +158,7 @@ def torus(
     """
     if not 0 < r2 < r1:
         raise ValueError(f"need 0 < r2 < r1 for a ring torus; got r1={r1}, r2={r2}")
+    check_common(n, ambient_dim, noise)
     rng = as_rng(random_state)
     # the area element is (r1 + r2 cos u) du dv: rejection-sample u, in rounds (not per point)
     u = np.empty(0)
@@ -186,6 +202,8 @@ def swiss_roll(
 
     This is the scikit-learn / TSLasso parametrisation; ``coordinates`` is ``(t, y)``.
     """
+    check_common(n, ambient_dim, noise)
+    check_positive(height=height, turns=turns)
     rng = as_rng(random_state)
     t = turns * np.pi * (1 + 2 * rng.random(n))
     y = height * rng.random(n)
@@ -229,6 +247,9 @@ def gaussian_blobs(
     _check_d(d)
     if n_blobs < 1:
         raise ValueError(f"n_blobs must be >= 1; got {n_blobs}")
+    check_common(n, ambient_dim, noise)
+    if isinstance(n_blobs, bool) or not isinstance(n_blobs, (int, np.integer)) or n_blobs < 1:
+        raise ValueError(f"n_blobs must be a positive integer; got {n_blobs!r}")
     rng = as_rng(random_state)
     centres = spread * rng.standard_normal((n_blobs, d))
     Z = centres[np.arange(n) % n_blobs] + rng.standard_normal((n, d))
