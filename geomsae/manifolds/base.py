@@ -119,16 +119,18 @@ def random_embedding(d0: int, ambient_dim: int, rng: np.random.Generator) -> np.
     return Q.T
 
 
+def check_positive_int(**values: int) -> None:
+    """A ``ValueError`` for any argument that is not an integer >= 1 (bools refused)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {v!r}")
+
+
 def check_common(n: int, ambient_dim: int | None, noise: float) -> None:
     """The arguments every generator shares; called before sampling."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}")
-    if ambient_dim is not None and (
-        isinstance(ambient_dim, bool)
-        or not isinstance(ambient_dim, (int, np.integer))
-        or ambient_dim < 1
-    ):
-        raise ValueError(f"ambient_dim must be a positive integer; got {ambient_dim!r}")
+    check_positive_int(n=n)
+    if ambient_dim is not None:
+        check_positive_int(ambient_dim=ambient_dim)
     if not isinstance(noise, (int, float, np.integer, np.floating)) or not (
         np.isfinite(noise) and noise >= 0
     ):

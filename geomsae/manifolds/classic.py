@@ -18,6 +18,7 @@ from geomsae.manifolds.base import (
     as_rng,
     check_common,
     check_positive,
+    check_positive_int,
     finish,
 )
 
@@ -248,8 +249,7 @@ def gaussian_blobs(
     if n_blobs < 1:
         raise ValueError(f"n_blobs must be >= 1; got {n_blobs}")
     check_common(n, ambient_dim, noise)
-    if isinstance(n_blobs, bool) or not isinstance(n_blobs, (int, np.integer)) or n_blobs < 1:
-        raise ValueError(f"n_blobs must be a positive integer; got {n_blobs!r}")
+    check_positive_int(n_blobs=n_blobs)
     rng = as_rng(random_state)
     centres = spread * rng.standard_normal((n_blobs, d))
     Z = centres[np.arange(n) % n_blobs] + rng.standard_normal((n, d))
