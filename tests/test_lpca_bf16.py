@@ -1,0 +1,89 @@
+"""Pointwise local PCA through certified bfloat16 Gram matrices: the bound holds, counts agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geomsae import dimension as gd
+from geomsae.dimension import lpca
+from geomsae.dimension.lpca import _bf16_eigenvalues, _certified, local_eigenvalues
+from geomsae.neighbors import knn
+
+
+def _hoods(X: np.ndarray, k: int) -> torch.Tensor:
+    idx = torch.as_tensor(knn(X, k).indices)
+    return torch.cat([torch.arange(len(X))[:, None], idx], 1)
+
+
+def _datasets() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    n, D = 400, 96
+    Q = np.linalg.qr(rng.normal(size=(D, D)))[0]
+    low = np.zeros((n, D))
+    low[:, :5] = rng.normal(size=(n, 5))
+    power = rng.normal(size=(n, D)) * np.arange(1, D + 1) ** -0.7  # a continuous spectrum
+    return {
+        "subspace+noise": (low + 0.01 * rng.normal(size=(n, D))) @ Q.T,
+        "power-law spectrum": power @ Q.T,
+        "far from the origin": 1e3 + rng.normal(size=(n, D)) @ Q.T,
+        "heavy tails": rng.standard_t(2, size=(n, D)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_datasets()))
+def test_bf16_bounds_hold(name):
+    X = _datasets()[name].astype(np.float32).astype(np.float64)  # exact in float32
+    hood = _hoods(X, 30)
+    lam, err, t_err = _bf16_eigenvalues(torch.tensor(X, dtype=torch.float32), hood)
+    exact = local_eigenvalues(torch.tensor(X), hood, dtype=torch.float64)
+    assert lam.shape == exact.shape
+    assert bool(((lam - exact).abs() <= err[:, None]).all())
+    assert bool(((lam.sum(1) - exact.sum(1)).abs() <= t_err).all())
+    assert bool((err > 0).all())
+
+
+def test_certificate_logic():
+    lam = torch.tensor([[10.0, 5.0, 0.52, 0.0], [10.0, 5.0, 0.9, 0.0]], dtype=torch.float64)
+    e = torch.tensor([0.01, 0.01], dtype=torch.float64)
+    # fo threshold 0.5: row 0's 0.52 is 0.02 away (> 1.05 e, < 1.05 x 3e); row 1's 0.9 is far
+    assert _certified(lam, e, e, "fo").tolist() == [True, True]
+    assert _certified(lam, 3 * e, e, "fo").tolist() == [False, True]
+    # variance 0.95 of 15.52 = 14.744: S = 10, 15, 15.52 -> S_2 is 0.256 above
+    one = e[:1]
+    assert _certified(lam[:1], one, one, "variance").tolist() == [True]
+    assert _certified(lam[:1], 20 * one, one, "variance").tolist() == [False]  # 2 x 0.2 > 0.256
+    assert _certified(lam[:1], one, 30 * one, "variance").tolist() == [False]  # 0.95 x 0.3
+    with pytest.raises(ValueError, match="gap"):
+        _certified(lam, e, e, "gap")
+
+
+@pytest.mark.parametrize("rule", ["fo", "variance"])
+@pytest.mark.parametrize("name", list(_datasets()))
+def test_bf16_counts_equal_float64(monkeypatch, name, rule):
+    """The certified path (forced on, whatever the CPU) gives the float64 counts."""
+    monkeypatch.setattr(lpca, "native_bf16", lambda: True)
+    monkeypatch.setattr(lpca, "_BF16_TRIAL", 64)  # several blocks, and the early switch
+    X = _datasets()[name]
+    ours = gd.LocalPCA(rule).fit_pointwise(X, n_neighbors=29).dimension_pw_
+    exact = gd.LocalPCA(rule, dtype=torch.float64).fit_pointwise(X, n_neighbors=29).dimension_pw_
+    np.testing.assert_array_equal(ours, exact)
+
+
+def test_bf16_path_used_only_where_it_applies(monkeypatch):
+    calls = []
+    monkeypatch.setattr(lpca, "native_bf16", lambda: True)
+    real = lpca._bf16_eigenvalues
+    monkeypatch.setattr(lpca, "_bf16_eigenvalues", lambda *a: calls.append(1) or real(*a))
+    X = _datasets()["subspace+noise"]
+    gd.LocalPCA().fit_pointwise(X, n_neighbors=20)
+    assert calls  # fo, float32, CPU, D >= 64
+    calls.clear()
+    for est in (gd.LocalPCA("gap"), gd.LocalPCA(dtype=torch.float64)):
+        est.fit_pointwise(X, n_neighbors=20)
+    gd.LocalPCA().fit_pointwise(X[:, :40], n_neighbors=20)  # D < 64
+    assert not calls
+    monkeypatch.setattr(lpca, "native_bf16", lambda: False)
+    gd.LocalPCA().fit_pointwise(X, n_neighbors=20)
+    assert not calls
