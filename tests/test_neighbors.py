@@ -505,3 +505,50 @@ def test_projected_radius_graph_equals_brute_force(cap):
     assert b[5, 9] == 0.0 and (b[5].indices == 9).any()
     if cap is None:  # mirrored pairs carry the very same value
         assert abs(a - a.T).max() == 0 and abs(b - b.T).max() == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    n=st.integers(32, 2000),
+    c=st.integers(1, 40),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_group_screen_keeps_the_c_smallest_and_bounds_the_rest(b, n, c, ties, seed):
+    from geomsae.neighbors import grouped
+
+    c = max(1, min(c, n // 32))
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randint(0, 9, (b, n), generator=g).float() if ties else torch.randn(b, n)
+    vals, cols, T = grouped.group_screen(keys, c)
+    assert vals.shape == cols.shape == (b, 16 * c + n % 16)
+    assert torch.equal(keys.gather(1, cols), vals)
+    for i in range(b):
+        kept = set(cols[i].tolist())
+        assert len(kept) == cols.shape[1]  # distinct columns
+        rest = torch.tensor(sorted(set(range(n)) - kept), dtype=torch.long)
+        if rest.numel():
+            assert bool((keys[i, rest] >= T[i]).all())  # the certificate's threshold
+        cth = torch.topk(keys[i], c, largest=False).values.max()
+        assert float(T[i]) >= float(cth)  # at least the c-th smallest key
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_grouped_refinement_equals_the_plain_top_c(monkeypatch, k):
+    """The grouped screen (used when n >= 32 c) returns exactly what the top-c screen does."""
+    from geomsae.neighbors import grouped
+
+    X = _low_rank(2600, d=8, D=120, seed=9, shift=20.0)
+    X[100:110] = X[5]  # duplicates
+    X[200:300] = np.round(X[200:300], 1)  # some ties
+    Y = _low_rank(2100, d=8, D=120, seed=10, shift=20.0)
+    for kw in ({}, {"query_indices": np.arange(0, 2600, 5)}, {"Y": Y}):
+        a = knn(X, k, method="projected", **kw)
+        with monkeypatch.context() as m:
+            m.setattr(grouped, "fits", lambda n, c: False)
+            b = knn(X, k, method="projected", **kw)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.distances, b.distances)
+        brute = knn(X, k, method="brute", screen_dtype=torch.float64, **kw)
+        np.testing.assert_allclose(a.distances, brute.distances, rtol=1e-12, atol=1e-12)

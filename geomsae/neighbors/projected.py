@@ -31,6 +31,7 @@ import logging
 
 import torch
 
+from geomsae.neighbors import grouped
 from geomsae.neighbors.brute import (
     Reference,
     Screen,
@@ -115,20 +116,37 @@ def _search(
         Qc = Qc_all[start : start + bs]
         Zq = Zq_all[start : start + bs]
         self_b = None if self_all is None else self_all[start : start + bs]
-        parts = [
-            z.screen.nearest(
-                Zq[i : i + sub].float(), None if self_b is None else self_b[i : i + sub], c
-            )
-            for i in range(0, Zq.shape[0], sub)
-        ]
-        vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         bound = z.bound(Zq, Qc)
-        exact = refine_progressively(Qc, ref, vals, cand, bound, k)
-        exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
-        if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
-            oks.append(torch.ones(Qc.shape[0], dtype=torch.bool, device=Qc.device))
+        if grouped.fits(ref.n, c) and c >= k:
+            parts = [
+                grouped.group_screen(
+                    z.screen.shifted(
+                        Zq[i : i + sub].float(), None if self_b is None else self_b[i : i + sub]
+                    ),
+                    c,
+                )
+                for i in range(0, Zq.shape[0], sub)
+            ]
+            q_sq = row_sq(Zq.double())
+            lb = torch.cat([p[0] for p in parts]).double() + q_sq[:, None]
+            cols = torch.cat([p[1] for p in parts])
+            T = torch.cat([p[2] for p in parts]).double() + q_sq
+            exact, cand = grouped.refine_grouped(Qc, ref, lb, cols, bound, k, c, self_b)
+            oks.append(exact[:, k - 1] ** 2 < T - bound)
         else:
-            oks.append(exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound)
+            parts = [
+                z.screen.nearest(
+                    Zq[i : i + sub].float(), None if self_b is None else self_b[i : i + sub], c
+                )
+                for i in range(0, Zq.shape[0], sub)
+            ]
+            vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            exact = refine_progressively(Qc, ref, vals, cand, bound, k)
+            exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
+            if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
+                oks.append(torch.ones(Qc.shape[0], dtype=torch.bool, device=Qc.device))
+            else:
+                oks.append(exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound)
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
     if not dists:
