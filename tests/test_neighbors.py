@@ -157,10 +157,12 @@ def test_blocks_after_one_the_screen_cannot_certify_start_a_precision_up(monkeyp
     calls = _spy_blocks(monkeypatch)
     a = knn(X, 2, screen_dtype=torch.bfloat16, block_size=200)
     monkeypatch.undo()
-    # block 1: bf16, its rows in fp32, then fp64; block 2 skips bf16 (and fails in fp32
-    # too), block 3 goes straight to fp64
+    # block 1 fails in bf16: the pass stops, and its uncertified rows with the two untried
+    # blocks (all 600 rows) go to fp32 together; that pass fails on its first block too, and
+    # the rest (its uncertified rows, then the untried 400) to fp64, in blocks of 200
     bf, f32, f64 = torch.bfloat16, torch.float32, torch.float64
-    assert [c[0] for c in calls] == [bf, f32, f64, f32, f64, f64]
+    assert [c[:2] for c in calls] == [(bf, 200), (f32, 200), (f64, 200), (f64, 200), (f64, 200)]
+    assert calls[1][2] == 200  # no row certified in fp32 either
     np.testing.assert_array_equal(a.indices, knn(X, 2, screen_dtype=torch.float64).indices)
 
 

@@ -498,6 +498,34 @@ def _worth_making(ref: Reference, dtype: torch.dtype, n_rows: int) -> torch.dtyp
     return torch.float64
 
 
+def _screen_pass(
+    Q: torch.Tensor,
+    self_idx: torch.Tensor | None,
+    ref: Reference,
+    k: int,
+    dtype: torch.dtype,
+    bs: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One precision's blocked pass over the rows of ``Q``: k nearest found and certified mask.
+
+    Stops early (the rest uncertified) after a block with under 75 % certified rows, unless
+    ``dtype`` is float64 (always certified): this data defeats the screen.
+    """
+    max_k = ref.n - (self_idx is not None)
+    n_q = Q.shape[0]
+    dist = torch.full((n_q, k), math.inf, dtype=torch.float64, device=Q.device)
+    idx = torch.zeros((n_q, k), dtype=torch.long, device=Q.device)
+    ok = torch.zeros(n_q, dtype=torch.bool, device=Q.device)
+    for start in range(0, n_q, bs):
+        rows = slice(start, start + bs)
+        self_b = None if self_idx is None else self_idx[rows]
+        e, c, good = _knn_block(Q[rows], self_b, ref, dtype, n_candidates(dtype, k, max_k), k)
+        dist[rows], idx[rows], ok[rows] = e[:, :k], c[:, :k], good
+        if dtype != torch.float64 and float(good.double().mean()) < 0.75:
+            break
+    return dist, idx, ok
+
+
 def brute_knn(
     Q: torch.Tensor,
     self_idx: torch.Tensor | None,
@@ -511,39 +539,29 @@ def brute_knn(
 
     ``self_idx[i]`` (if given) is the reference index of query ``i``, excluded from its
     neighbours. A float32 or bfloat16 ``screen_dtype`` screens :func:`n_candidates`
-    candidates and certifies each row; rows it cannot certify are screened again in the next
-    precision (bfloat16, then float32, then float64, which is accepted as exact).
+    candidates and certifies each row; the rows it cannot certify are collected and screened
+    again, all together, in the next precision (bfloat16, then float32, then float64, which
+    is accepted as exact): each pass reads the whole reference set, so a few rows per block
+    would cost a pass each. A pass that meets a block with under 75 % certified rows leaves
+    the rest to the next precision (this data defeats its screen).
 
     Returns
     -------
     distances, indices : tensors of shape (n_queries, k), float64 and int64, rows sorted.
     """
+    if Q.shape[0] == 0:
+        return no_neighbors(k, ref.X.device)
     max_k = ref.n - (self_idx is not None)
     cascade = [torch.bfloat16, torch.float32, torch.float64]
-    cascade = cascade[cascade.index(_worth_making(ref, screen_dtype, Q.shape[0])) :]
+    dtype = _worth_making(ref, screen_dtype, Q.shape[0])
     bs = block_rows(ref.n, n_candidates(screen_dtype, k, max_k) * ref.X.shape[1], block_size)
-    dists, inds = [], []
-    for start in range(0, Q.shape[0], bs):
-        Qb = Q[start : start + bs]
-        self_b = None if self_idx is None else self_idx[start : start + bs]
-        exact, cand, ok = _knn_block(
-            Qb, self_b, ref, cascade[0], n_candidates(cascade[0], k, max_k), k
-        )
-        rest = cascade[1:]
-        if rest and float(ok.double().mean()) < 0.75:
-            cascade = rest  # this data defeats the screen: later blocks start one step up
-        exact, cand = exact[:, :k], cand[:, :k]
-        rows = torch.arange(Qb.shape[0], device=Q.device)
-        for dtype in rest:  # rows the screen cannot certify: the next precision
-            if bool(ok.all()):
-                break
-            rows = rows[~ok]
-            dtype = _worth_making(ref, dtype, rows.numel())
-            sb = None if self_b is None else self_b[rows]
-            e, c, ok = _knn_block(Qb[rows], sb, ref, dtype, n_candidates(dtype, k, max_k), k)
-            exact[rows], cand[rows] = e[:, :k], c[:, :k]
-        dists.append(exact)
-        inds.append(cand)
-    if not dists:
-        return no_neighbors(k, ref.X.device)
-    return torch.cat(dists), torch.cat(inds)
+    dist, idx, ok = _screen_pass(Q, self_idx, ref, k, dtype, bs)
+    for nxt in cascade[cascade.index(dtype) + 1 :]:
+        bad = torch.nonzero(~ok).flatten()
+        if bad.numel() == 0:
+            break
+        nxt = _worth_making(ref, nxt, bad.numel())
+        sb = None if self_idx is None else self_idx[bad]
+        dist[bad], idx[bad], ok_b = _screen_pass(Q[bad], sb, ref, k, nxt, bs)
+        ok[bad] = ok_b
+    return dist, idx
