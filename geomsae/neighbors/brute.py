@@ -455,6 +455,15 @@ def _knn_block(
     """
     Qc = Qb - ref.mu
     screen = ref.screen(dtype)
+    if dtype != torch.float64 and n_cand >= k and 2 * 16 * n_cand <= ref.n:
+        from geomsae.neighbors import grouped  # noqa: PLC0415 (it builds on this module)
+
+        q_sq = row_sq(Qc)
+        keys, cols, T = grouped.group_screen(screen.shifted(Qc, self_b, q_sq), n_cand)
+        bound = screen.error_bound(q_sq)
+        lb = keys.double() + q_sq[:, None]
+        exact, cand = grouped.refine_grouped(Qc, ref, lb, cols, bound, k, n_cand, self_b)
+        return exact, cand, exact[:, k - 1] ** 2 < T.double() + q_sq - bound
     vals, cand = screen.nearest(Qc, self_b, n_cand)
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only

@@ -15,7 +15,9 @@ rounding bound) is ``<= u^2`` are measured too. The ``k`` nearest measured are t
 overall when ``d_k^2 < T - bound`` (the row's certificate). This avoids the top-``c`` selection
 over the ``16 c`` kept columns that :func:`geomsae.neighbors.brute.smallest` needs -- a
 ``torch.topk`` at ~9 ns per entry on CPU -- and certifies at least as often (``T`` is at least the
-``c``-th smallest bound).
+``c``-th smallest bound). Both the projected screen (:mod:`geomsae.neighbors.projected`) and
+the reduced-precision brute-force screen (:func:`geomsae.neighbors.brute.brute_knn`) use it
+wherever ``n >= 32 c``.
 """
 
 from __future__ import annotations
