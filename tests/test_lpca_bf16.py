@@ -24,10 +24,16 @@ def _datasets() -> dict[str, np.ndarray]:
     low = np.zeros((n, D))
     low[:, :5] = rng.normal(size=(n, 5))
     power = rng.normal(size=(n, D)) * np.arange(1, D + 1) ** -0.7  # a continuous spectrum
+    line = np.zeros((n, D))
+    line[:, 0] = rng.normal(size=n)
     return {
         "subspace+noise": (low + 0.01 * rng.normal(size=(n, D))) @ Q.T,
         "power-law spectrum": power @ Q.T,
         "far from the origin": 1e3 + rng.normal(size=(n, D)) @ Q.T,
+        # centring at |x| ~ 1e6 leaves a float32 mean error far above the local spread unless
+        # the rows are first taken relative to a point of the neighbourhood
+        "noise at 2e6": 2e6 + rng.normal(size=(n, D)),
+        "line at 1e6": 1e6 + line + 1e-3 * rng.normal(size=(n, D)),
         "heavy tails": rng.standard_t(2, size=(n, D)),
     }
 
@@ -36,38 +42,30 @@ def _datasets() -> dict[str, np.ndarray]:
 def test_bf16_bounds_hold(name):
     X = _datasets()[name].astype(np.float32).astype(np.float64)  # exact in float32
     hood = _hoods(X, 30)
-    lam, err, t_err = _bf16_eigenvalues(torch.tensor(X, dtype=torch.float32), hood)
+    lam, err = _bf16_eigenvalues(torch.tensor(X, dtype=torch.float32), hood)
     exact = local_eigenvalues(torch.tensor(X), hood, dtype=torch.float64)
     assert lam.shape == exact.shape
     assert bool(((lam - exact).abs() <= err[:, None]).all())
-    assert bool(((lam.sum(1) - exact.sum(1)).abs() <= t_err).all())
     assert bool((err > 0).all())
 
 
 def test_certificate_logic():
     lam = torch.tensor([[10.0, 5.0, 0.52, 0.0], [10.0, 5.0, 0.9, 0.0]], dtype=torch.float64)
     e = torch.tensor([0.01, 0.01], dtype=torch.float64)
-    # fo threshold 0.5: row 0's 0.52 is 0.02 away (> 1.05 e, < 1.05 x 3e); row 1's 0.9 is far
-    assert _certified(lam, e, e, "fo").tolist() == [True, True]
-    assert _certified(lam, 3 * e, e, "fo").tolist() == [False, True]
-    # variance 0.95 of 15.52 = 14.744: S = 10, 15, 15.52 -> S_2 is 0.256 above
-    one = e[:1]
-    assert _certified(lam[:1], one, one, "variance").tolist() == [True]
-    assert _certified(lam[:1], 20 * one, one, "variance").tolist() == [False]  # 2 x 0.2 > 0.256
-    assert _certified(lam[:1], one, 30 * one, "variance").tolist() == [False]  # 0.95 x 0.3
-    with pytest.raises(ValueError, match="gap"):
-        _certified(lam, e, e, "gap")
+    # threshold 0.5: row 0's 0.52 is 0.02 away (> 1.05 e, < 1.05 x 3e); row 1's 0.9 is far
+    assert _certified(lam, e, 0.05).tolist() == [True, True]
+    assert _certified(lam, 3 * e, 0.05).tolist() == [False, True]
+    assert _certified(lam, 3 * e, 0.088).tolist() == [True, False]  # threshold 0.88
 
 
-@pytest.mark.parametrize("rule", ["fo", "variance"])
 @pytest.mark.parametrize("name", list(_datasets()))
-def test_bf16_counts_equal_float64(monkeypatch, name, rule):
+def test_bf16_counts_equal_float64(monkeypatch, name):
     """The certified path (forced on, whatever the CPU) gives the float64 counts."""
     monkeypatch.setattr(lpca, "native_bf16", lambda: True)
     monkeypatch.setattr(lpca, "_BF16_TRIAL", 64)  # several blocks, and the early switch
     X = _datasets()[name]
-    ours = gd.LocalPCA(rule).fit_pointwise(X, n_neighbors=29).dimension_pw_
-    exact = gd.LocalPCA(rule, dtype=torch.float64).fit_pointwise(X, n_neighbors=29).dimension_pw_
+    ours = gd.LocalPCA().fit_pointwise(X, n_neighbors=29).dimension_pw_
+    exact = gd.LocalPCA(dtype=torch.float64).fit_pointwise(X, n_neighbors=29).dimension_pw_
     np.testing.assert_array_equal(ours, exact)
 
 
@@ -80,7 +78,7 @@ def test_bf16_path_used_only_where_it_applies(monkeypatch):
     gd.LocalPCA().fit_pointwise(X, n_neighbors=20)
     assert calls  # fo, float32, CPU, D >= 64
     calls.clear()
-    for est in (gd.LocalPCA("gap"), gd.LocalPCA(dtype=torch.float64)):
+    for est in (gd.LocalPCA("gap"), gd.LocalPCA("variance"), gd.LocalPCA(dtype=torch.float64)):
         est.fit_pointwise(X, n_neighbors=20)
     gd.LocalPCA().fit_pointwise(X[:, :40], n_neighbors=20)  # D < 64
     assert not calls

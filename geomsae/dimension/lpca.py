@@ -11,7 +11,7 @@ Rules applied to the eigenvalues ``l_1 >= l_2 >= ...``:
 ``fit_pointwise`` the covariance of each point together with its ``n_neighbors`` nearest
 neighbours, computed in blocks through the (k+1) x (k+1) Gram matrix when that is smaller than
 the feature dimension, and batched ``eigvalsh`` -- no Python loop over points. On CPUs that
-multiply bfloat16 natively, the ``"fo"`` and ``"variance"`` counts come from bfloat16 Gram
+multiply bfloat16 natively, the ``"fo"`` counts come from bfloat16 Gram
 matrices with a rigorous bound on their eigenvalues' error: a count is kept only where no
 eigenvalue lies within that bound of the rule's threshold (so it is the count the exact
 eigenvalues give), and the other neighbourhoods are recomputed in float32.
@@ -133,21 +133,24 @@ _BF16_MIN_CERTIFIED = 0.5  # below this share of the trial, the rest goes straig
 
 def _bf16_eigenvalues(
     X32: torch.Tensor, indices: torch.Tensor, work: dict | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Covariance eigenvalues of each neighbourhood from a bfloat16 Gram matrix, with error bounds.
 
-    Each neighbourhood ``Y = X32[indices[i]]`` (m <= D points) is centred in float32, rounded
-    to bfloat16, and ``Y Y^T`` is formed by one batched bfloat16 product (float32
-    accumulation, bfloat16 output), then ``eigvalsh`` in float32. With ``u = 2^-8``,
-    ``F = |Y|_F`` and ``S = |Y|_2`` (the largest singular value), Weyl's inequality bounds the
-    distance of every computed eigenvalue from the exact one of the float32-centred
-    neighbourhood by ``3.1 u F S + (2 u^2 + (D + 4 m + 8) eps32) F^2`` (rounding the input: ``2 u F
-    S + u^2 F^2``; the float32 accumulation: ``D eps32 F^2``; the bfloat16 output: ``u |Y Y^T|_F <=
-    u F S``; ``eigvalsh``'s backward error: a few ``m eps32 F^2``), divided by ``m - 1`` like
-    the covariance. ``S^2`` is bounded by the largest computed eigenvalue plus the cruder
-    bound with ``S = F``. The sum of the computed eigenvalues (the trace of the computed matrix,
-    up to ``eigvalsh``'s backward error) is within ``(3 u + 3 u^2 + (D + 4 m^2) eps32) F^2`` of
-    the exact trace: each diagonal entry is a sum of squares, off by at most that share of it.
+    Each neighbourhood ``Y = X32[indices[i]]`` (m <= D points) is taken relative to its first
+    point and centred, in float32, rounded to bfloat16, and ``Y Y^T`` is formed by one batched
+    bfloat16 product (float32 accumulation, bfloat16 output), then ``eigvalsh`` in float32.
+    With ``u = 2^-8``, ``F = |Y|_F`` and ``S = |Y|_2`` (the largest singular value), Weyl's
+    inequality bounds the distance of every computed eigenvalue from the exact one of the
+    float32 neighbourhood's covariance by ``(3.1 u + 4 eps32) F S + 2 c S + c^2 + (2 u^2 +
+    (D + 4 m + 8) eps32) F^2``, divided by ``m - 1`` like the covariance: rounding the input
+    (``2 u F S + u^2 F^2``) and the centring subtractions (``2 eps32 F S``), the bfloat16 output
+    (``u |Y Y^T|_F <= u F S``), the float32 accumulation (``D eps32 F^2``), ``eigvalsh``'s
+    backward error (a few ``m eps32 F^2``), and the float32 mean's error ``r`` (the centred
+    rows' mean is ``r``, not 0: ``|Y Y^T|`` moves by ``<= 2 sqrt(m) |r| S + m |r|^2``), with
+    ``sqrt(m) |r| <= c = (m + 2) eps32 |Y_0|_F``, ``Y_0`` the rows before centring. ``S^2`` is
+    bounded by the largest computed eigenvalue plus the cruder bound with ``S = F``. Taking
+    the rows relative to the first point first keeps ``c`` at the neighbourhood's own scale
+    (centring far from the origin would leave a mean error of ``eps32 |x|``).
 
     Parameters
     ----------
@@ -162,62 +165,47 @@ def _bf16_eigenvalues(
     eigenvalues : tensor of shape (n_queries, m), float64, descending
     error : tensor of shape (n_queries,), float64
         Bound on ``|computed - exact|`` for every eigenvalue of the row.
-    trace_error : tensor of shape (n_queries,), float64
-        Bound on ``|sum computed - sum exact|`` of the row's eigenvalues.
     """
     b, m = indices.shape
     D = X32.shape[1]
     work = {} if work is None else work
     if work.get("rows", 0) < b * m:
         work["rows"] = b * m
-        work["y"] = torch.empty(b * m, D, device=X32.device)
+        work["y"] = torch.empty(b * m, D, dtype=X32.dtype, device=X32.device)
         work["yb"] = torch.empty(b * m, D, dtype=torch.bfloat16, device=X32.device)
     Y = torch.index_select(X32, 0, indices.reshape(-1), out=work["y"][: b * m]).view(b, m, D)
-    Y.sub_(Y.mean(1, keepdim=True))
+    Y.sub_(Y[:, :1].clone())  # relative to the first point: the local scale
+    mu = Y.mean(1, keepdim=True)
+    Y.sub_(mu)
     Yb = work["yb"][: b * m].view(b, m, D)
     Yb.copy_(Y)
     G = torch.bmm(Yb, Yb.transpose(1, 2)).float()
     lam = torch.linalg.eigvalsh(G).flip(-1).double()
     # |Y|_F^2 from the computed diagonal: each entry is at least (1 - u)^3 (1 - D eps32) of its
     # exact value (input rounding twice, accumulation, output rounding)
-    u = _BF16_U
-    f2 = torch.diagonal(G, dim1=1, dim2=2).double().sum(1) / ((1 - u) ** 3 * (1 - D * _EPS32))
-    small = (2 * u * u + (D + 4 * m + 8) * _EPS32) * f2
-    s2 = lam[:, 0].clamp_min(0) + (3.1 * u) * f2 + small  # S^2 <= lam_1 + crude bound
-    err = 3.1 * u * torch.sqrt(f2 * s2) + small
-    trace_err = (3 * u + 3 * u * u + (D + 4 * m * m) * _EPS32) * f2
-    return lam / (m - 1), err / (m - 1), trace_err / (m - 1)
+    u, eps = _BF16_U, _EPS32
+    f2 = torch.diagonal(G, dim1=1, dim2=2).double().sum(1) / ((1 - u) ** 3 * (1 - D * eps))
+    f2 = f2 * (1 + 1e-3)  # slack for the centring's own rounding of the norms
+    y0 = f2 + m * (mu.double() ** 2).sum((1, 2))  # |Y_0|_F^2 = |Y|_F^2 + m |mu|^2
+    c = (m + 2) * eps * torch.sqrt(y0)
+    small = (2 * u * u + (D + 4 * m + 8) * eps) * f2
+
+    def bound(s: torch.Tensor) -> torch.Tensor:
+        return (3.1 * u + 4 * eps) * torch.sqrt(f2) * s + 2 * c * s + c * c + small
+
+    s = torch.sqrt(lam[:, 0].clamp_min(0) + bound(torch.sqrt(f2)))  # S <= this (S <= F first)
+    return lam / (m - 1), bound(s) / (m - 1)
 
 
-def _certified(
-    eigenvalues: torch.Tensor,
-    error: torch.Tensor,
-    trace_error: torch.Tensor,
-    rule: str,
-    *,
-    alpha: float = 0.05,
-    variance: float = 0.95,
-) -> torch.Tensor:
-    """Rows whose ``rule`` count cannot change when each eigenvalue moves by up to ``error``
-    and their sum by up to ``trace_error``.
+def _certified(eigenvalues: torch.Tensor, error: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Rows whose Fukunaga-Olsen count cannot change when each eigenvalue moves by ``error``.
 
-    ``"fo"``: every ``|l_j - alpha l_1| > (1 + alpha) error``. ``"variance"``: with partial sums
-    ``S_j`` and total ``T``, every ``|S_j - v T| > j error + v (trace_error + N)``, ``v`` the
-    threshold :func:`dimension_from_eigenvalues` uses and ``N`` the sum of the negative
-    computed eigenvalues' magnitudes (that rule clamps them at 0, as here; the exact ones are
-    >= 0, so a clamped value stays within ``error`` of its exact one).
+    The count is that of ``l_j > alpha l_1`` (:func:`dimension_from_eigenvalues`, eigenvalues
+    clamped at 0: the exact ones are >= 0, so a clamped value stays within ``error``); it
+    holds when every ``|l_j - alpha l_1| > (1 + alpha) error``.
     """
     lam = eigenvalues.clamp_min(0)
-    e = error[:, None]
-    if rule == "fo":
-        return ((lam - alpha * lam[:, :1]).abs() > (1 + alpha) * e).all(1)
-    if rule == "variance":
-        v = variance - 1e-12
-        S = torch.cumsum(lam, 1)
-        j = torch.arange(1, lam.shape[1] + 1, dtype=lam.dtype, device=lam.device)
-        t_err = trace_error + (-eigenvalues).clamp_min(0).sum(1)
-        return ((S - v * S[:, -1:]).abs() > j * e + v * t_err[:, None]).all(1)
-    raise ValueError(f"no certificate for rule {rule!r}")
+    return ((lam - alpha * lam[:, :1]).abs() > (1 + alpha) * error[:, None]).all(1)
 
 
 class LocalPCA(IDEstimator):
@@ -237,7 +225,7 @@ class LocalPCA(IDEstimator):
     dtype : torch.dtype, default torch.float32
         Precision of the pointwise local covariances (float32 is ~2x faster; the counting rules
         need far fewer digits than it keeps). With float32 on a CPU with native bfloat16
-        products, ``"fo"`` and ``"variance"`` first use bfloat16 Gram matrices with a rigorous
+        products, ``"fo"`` first uses bfloat16 Gram matrices with a rigorous
         bound on their eigenvalues' error, keeping only the counts that bound certifies and
         redoing the other neighbourhoods in float32: the same counts, with ~4x cheaper
         products where the spectra are clearly separated from the threshold (where they are
@@ -308,7 +296,7 @@ class LocalPCA(IDEstimator):
         hood = torch.cat([own, idx], dim=1)
         if (
             self.dtype == torch.float32
-            and self.rule in ("fo", "variance")
+            and self.rule == "fo"
             and not X.is_cuda
             and native_bf16()
             and X.shape[1] >= 64
@@ -326,8 +314,8 @@ class LocalPCA(IDEstimator):
         start, trial = 0, True
         while start < hood.shape[0]:
             rows = slice(start, start + _BF16_BLOCK)
-            lam, err, t_err = _bf16_eigenvalues(X32, hood[rows], work)
-            ok = _certified(lam, err, t_err, self.rule, alpha=self.alpha, variance=self.variance)
+            lam, err = _bf16_eigenvalues(X32, hood[rows], work)
+            ok = _certified(lam, err, self.alpha)
             out[rows] = self._count(lam)
             todo.append(start + torch.nonzero(~ok).flatten())
             start += _BF16_BLOCK
