@@ -554,3 +554,22 @@ def test_grouped_refinement_equals_the_plain_top_c(monkeypatch, k):
         np.testing.assert_array_equal(a.distances, b.distances)
         brute = knn(X, k, method="brute", screen_dtype=torch.float64, **kw)
         np.testing.assert_allclose(a.distances, brute.distances, rtol=1e-12, atol=1e-12)
+
+
+def test_huge_norms_do_not_overflow_the_reduced_precision_screens():
+    """Norms ~1e20 would overflow float32 keys (every bound inf, every row 'certified')."""
+    rng = np.random.default_rng(13)
+    v = rng.normal(size=80)
+    Y = np.where(np.arange(1000) % 2, -1.0, 1.0)[:, None] * np.linspace(1e20, 2e20, 1000)[:, None]
+    Y = Y * v / np.linalg.norm(v)  # a line of points at norms 1e20-2e20, on both sides
+    X = np.zeros((200, 80))  # nearest: the smallest norms, rows 0, 1, 2
+    expected = np.argsort(((X[:, None, :] - Y[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :3]
+    for dtype in (None, torch.bfloat16, torch.float32):
+        got = knn(X, 3, Y=Y, screen_dtype=dtype)
+        np.testing.assert_array_equal(got.indices, expected)
+    Z = np.concatenate([Y, Y[:5] + 1e5])
+    for method in ("auto", "projected"):
+        nb = knn(Z, 1, method=method)
+        np.testing.assert_array_equal(nb.indices[1000:, 0], np.arange(5))
+        G = radius_neighbors(Z, 1e6, method=method)
+        assert G.nnz == 10  # the five pairs, both ways

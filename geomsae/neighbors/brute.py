@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "DEFAULT_MEMORY_BYTES",
+    "FLOAT32_SAFE_SQ",
     "REMEASURE_BELOW",
     "Reference",
     "block_rows",
@@ -31,6 +32,7 @@ __all__ = [
     "auto_screen_dtype",
     "n_candidates",
     "native_bf16",
+    "reduced_precision_safe",
     "refine_progressively",
     "row_sq",
     "smallest",
@@ -107,6 +109,20 @@ def auto_screen_dtype(
     if n_ref < 40 * min(max_k, k + max(4, k // 4)):
         return torch.float64
     return torch.bfloat16 if native_bf16() and n_features >= 64 and k <= 32 else torch.float32
+
+
+FLOAT32_SAFE_SQ = 1e30
+"""Largest squared norm (of centred points) for which the float32 and bfloat16 screens are used:
+their keys reach ``(|q| + |r|)^2``, which must stay far below float32's ~3.4e38 (an overflow
+would make every bound infinite and every row look certified). Beyond, float64 throughout."""
+
+
+def reduced_precision_safe(ref: Reference, Q: torch.Tensor | None = None) -> bool:
+    """Whether the reference set (and the uncentred queries ``Q``, if they are not the
+    reference's own rows) have squared norms below :data:`FLOAT32_SAFE_SQ` after centring."""
+    if ref.n and float(ref.sq.max()) > FLOAT32_SAFE_SQ:
+        return False
+    return Q is None or Q.shape[0] == 0 or float(row_sq(Q - ref.mu).max()) <= FLOAT32_SAFE_SQ
 
 
 def n_candidates(dtype: torch.dtype, k: int, max_k: int) -> int:

@@ -11,6 +11,7 @@ import scipy.sparse
 import torch
 
 from geomsae.neighbors.brute import (
+    FLOAT32_SAFE_SQ,
     REMEASURE_BELOW,
     Reference,
     auto_screen_dtype,
@@ -79,8 +80,12 @@ def radius_neighbors(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     chosen = None
-    if method == "projected" or (
-        method == "auto" and not Xt.is_cuda and n >= 2000 and Xt.shape[1] >= 32
+    x_sq = row_sq(Xt)
+    # norms beyond ~1e15 could overflow the reduced-precision keys: float64 brute force only
+    safe = n == 0 or float(x_sq.max()) <= FLOAT32_SAFE_SQ
+    if safe and (
+        method == "projected"
+        or (method == "auto" and not Xt.is_cuda and n >= 2000 and Xt.shape[1] >= 32)
     ):
         ref = Reference.of(Xt)
         everyone = torch.arange(n, device=Xt.device)
@@ -96,9 +101,8 @@ def radius_neighbors(
             r, c, v = _cap_rows(r, c, v, n, cap)
         return _csr(r, c, v, n)
     bs = block_size or min(512, block_rows(n, 2 * Xt.shape[1], None))  # cache-sized blocks
-    x_sq = row_sq(Xt)
     ref = Reference(Xt, torch.zeros_like(Xt[0]), x_sq)  # already centred
-    dtype = auto_screen_dtype(n, 1, n - 1, Xt.is_cuda, Xt.shape[1])
+    dtype = auto_screen_dtype(n, 1, n - 1, Xt.is_cuda, Xt.shape[1]) if safe else torch.float64
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
     slack = 1e-9 * (float(x_sq.max()) + radius**2) + 1e-300
     rows_all, cols_all, vals_all = [], [], []

@@ -8,7 +8,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from geomsae.neighbors.brute import Reference, auto_screen_dtype, brute_knn
+from geomsae.neighbors.brute import (
+    FLOAT32_SAFE_SQ,
+    Reference,
+    auto_screen_dtype,
+    brute_knn,
+    reduced_precision_safe,
+)
 from geomsae.neighbors.checks import as_indices, as_tensor, check_points
 from geomsae.neighbors.plan import plan
 from geomsae.neighbors.projected import projected_knn
@@ -135,6 +141,11 @@ def knn(
             f"got {screen_dtype}"
         )
     ref = Reference.of(R)
+    if not reduced_precision_safe(ref, None if Y is None else Q):
+        # norms beyond ~1e15: reduced-precision keys could overflow; float64 brute force only
+        if method == "projected" or screen_dtype != torch.float64:
+            logger.info("knn: squared norms above %.0e; float64 brute force", FLOAT32_SAFE_SQ)
+        screen_dtype, method = torch.float64, "brute"
     chosen = None
     if (method == "projected" and Q.shape[0] > 0) or (
         method == "auto"
