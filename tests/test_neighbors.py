@@ -573,3 +573,17 @@ def test_huge_norms_do_not_overflow_the_reduced_precision_screens():
         np.testing.assert_array_equal(nb.indices[1000:, 0], np.arange(5))
         G = radius_neighbors(Z, 1e6, method=method)
         assert G.nnz == 10  # the five pairs, both ways
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, None])
+def test_ties_at_the_kth_distance_go_by_index(dtype):
+    """Twenty copies of a point: its 5 nearest are the 5 lowest-index copies, in every precision
+    (float64 used to keep whichever 5 its expansion's rounding ranked first)."""
+    X = np.random.default_rng(14).normal(size=(1007, 80))
+    X[500:520] = X[7]
+    nb = knn(X, 5, screen_dtype=dtype)
+    np.testing.assert_array_equal(nb.indices[7], [500, 501, 502, 503, 504])
+    np.testing.assert_array_equal(nb.indices[510], [7, 500, 501, 502, 503])
+    assert (nb.distances[7] == 0).all()
+    q = knn(X, 5, screen_dtype=dtype, query_indices=[7, 519])
+    np.testing.assert_array_equal(q.indices, nb.indices[[7, 519]])

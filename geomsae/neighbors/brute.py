@@ -126,11 +126,11 @@ def reduced_precision_safe(ref: Reference, Q: torch.Tensor | None = None) -> boo
 
 
 def n_candidates(dtype: torch.dtype, k: int, max_k: int) -> int:
-    """Candidates a brute-force screen in ``dtype`` keeps per query: ``k`` in float64,
+    """Candidates a brute-force screen in ``dtype`` keeps per query: ``k + 1`` in float64,
     ``k + max(4, k // 4)`` in float32, ``3 k + 8`` in bfloat16 (its bound is ~2^-5 of
     ``|q| |r|``; on SmolLM2 layer-6 activations this certifies ~98% of the rows at k = 20)."""
     if dtype == torch.float64:
-        return k
+        return min(max_k, k + 1)  # the (k+1)-th certifies that nothing outside ties the k-th
     extra = max(4, k // 4) if dtype == torch.float32 else 2 * k + 8
     return min(max_k, k + extra)
 
@@ -467,7 +467,9 @@ def _knn_block(
     non-candidate's screened lower bound (:class:`Screen`: the product's rounding bound is
     subtracted pair by pair) is >= the largest candidate's, so a row is certified when that,
     less the per-row :meth:`Screen.error_bound`, still exceeds its k-th exact squared
-    distance. float64 screening is accepted as exact.
+    distance. float64 screening is accepted as exact up to ties: a row whose k-th distance
+    may tie with a point outside its ``k + 1`` candidates has every point that could tie
+    measured, so ties always go by index.
     """
     Qc = Qb - ref.mu
     screen = ref.screen(dtype)
@@ -484,16 +486,52 @@ def _knn_block(
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only
         # near-duplicates, where that is not enough, are re-measured directly
-        exact = fix_close(Qc, ref, cand, vals.clamp_min(0))
-        bound = None
+        exact, cand = sort_rows(
+            exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b), cand
+        )
+        if n_cand >= ref.n - (self_b is not None):
+            return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
+        # the (k+1)-th expansion value, less its rounding bound, must exceed the k-th distance:
+        # else a point outside may tie with it, and ties go by index (rows with ties at the
+        # k-th distance: every point within the bound of it is measured)
+        err = _expansion_error(Qc, ref)
+        tied = torch.nonzero(exact[:, k - 1] ** 2 >= vals.max(1).values - err).flatten()
+        if tied.numel():
+            sb = None if self_b is None else self_b[tied]
+            t = exact[tied, k - 1] ** 2 + 2 * err[tied]
+            e, c = _within(Qc[tied], sb, ref, t, k)
+            exact, cand = exact[:, :k].clone(), cand[:, :k].clone()
+            exact[tied], cand[tied] = e, c
+        return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
     else:
         bound = screen.error_bound(row_sq(Qc))
         exact = refine_progressively(Qc, ref, vals, cand, bound, k)
     exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
-    if bound is None or n_cand >= ref.n - (self_b is not None):
+    if n_cand >= ref.n - (self_b is not None):
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
     ok = exact[:, k - 1] ** 2 < vals.max(1).values - bound
     return exact, cand, ok
+
+
+def _expansion_error(Qc: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """Per-row bound on the float64 expansion's error, ``4 (D + 2) eps (|q|^2 + max |r|^2)``."""
+    eps = torch.finfo(torch.float64).eps
+    r_max = float(ref.sq.max()) if ref.n else 0.0
+    return 4 * (Qc.shape[1] + 2) * eps * (row_sq(Qc) + r_max) + 1e-300
+
+
+def _within(
+    Qc: torch.Tensor, self_b: torch.Tensor | None, ref: Reference, t: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest of each row (ties by index) among all points whose float64 expansion is
+    at most ``t`` (which covers every point that can tie with the k-th)."""
+    screen = ref.screen(torch.float64)
+    d2 = screen.shifted(Qc, self_b) + row_sq(Qc)[:, None]
+    c = max(k, int((d2 <= t[:, None]).sum(1).max()))
+    vals, cand = smallest(d2, c)
+    exact = exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b)
+    exact, cand = sort_rows(exact, cand)
+    return exact[:, :k], cand[:, :k]
 
 
 def no_neighbors(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
