@@ -325,7 +325,7 @@ class LocalPCA(IDEstimator):
                     break  # this data defeats the bound: the rest in float32
         if start < hood.shape[0]:
             todo.append(torch.arange(start, hood.shape[0], device=X.device))
-        bad = torch.cat(todo)
+        bad = torch.cat(todo) if todo else torch.zeros(0, dtype=torch.long, device=X.device)
         if bad.numel():
             out[bad] = self._count(local_eigenvalues(X32, hood[bad], dtype=torch.float32))
         return out
