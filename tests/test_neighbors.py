@@ -267,7 +267,8 @@ def test_screened_brute_radius_graph_equals_the_float64_expansion(monkeypatch, c
 
 def test_find_and_remove_duplicates():
     X = np.array([[0.0, 1.0], [2.0, 3.0], [0.0, 1.0], [-0.0, 1.0], [5.0, 5.0]])
-    np.testing.assert_array_equal(find_duplicates(X), [False, False, True, True, False])
+    dup = [False, False, True, True, False]
+    np.testing.assert_array_equal(find_duplicates(X), dup)
     Xu, kept = deduplicate(X)
     np.testing.assert_array_equal(kept, [0, 1, 4])
     assert Xu.shape == (3, 2)
@@ -276,6 +277,23 @@ def test_find_and_remove_duplicates():
     check_no_duplicates(Xu)
     Xt, kept_t = deduplicate(torch.tensor(X))
     assert isinstance(Xt, torch.Tensor) and Xt.shape == (3, 2)
+    for dtype in (torch.bfloat16, torch.float16):  # no numpy dtype of their own
+        np.testing.assert_array_equal(find_duplicates(torch.tensor(X, dtype=dtype)), dup)
+
+
+def test_find_duplicates_in_sparse_rows_and_past_the_column_sample():
+    """Rows equal on the 64 sampled columns (sparse codes) but not elsewhere are not duplicates."""
+    rng = np.random.default_rng(15)
+    S = np.zeros((300, 500))
+    S[np.arange(300), rng.integers(0, 500, 300)] = rng.normal(size=300)  # one-hot-ish rows
+    S[20] = S[10]
+    S[40] = S[30]
+    # most rows are all zero on the 64 hashed columns (0, 8, 16, ...): they collide in the
+    # first hash and must be told apart by the full one
+    expected = np.zeros(300, dtype=bool)
+    for i in range(300):  # brute force
+        expected[i] = any(np.array_equal(S[i], S[j]) for j in range(i))
+    np.testing.assert_array_equal(find_duplicates(S), expected)
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ def find_duplicates(X: Any) -> np.ndarray:
         occurrence of each distinct point (see :func:`deduplicate`).
     """
     X = check_points(X, min_samples=1)
-    A = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
+    A = X.detach().cpu().double().numpy() if isinstance(X, torch.Tensor) else X
     A = np.asarray(A, dtype=np.float64)
     mask = np.zeros(A.shape[0], dtype=bool)
     # only rows whose hashes collide are compared, exactly: sorting n hashes instead of n rows
