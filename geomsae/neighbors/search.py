@@ -73,7 +73,8 @@ def knn(
         Brute force only; every choice gives the same neighbours and float64 distances. None
         (default) picks float32 on GPUs; on CPU, when the reference set is large next to the
         number of candidates (``n_reference >= 40 * (k + max(4, k // 4))``), bfloat16 if the
-        CPU multiplies it natively (AVX-512 BF16 or AMX), ``n_features >= 64`` and ``k <= 32``,
+        CPU multiplies it natively (AVX-512 BF16 or AMX), ``n_features >= 64`` and ``k <= 32``
+        or ``n_reference >= 32 (3 k + 8)``,
         else float32; otherwise float64. ``torch.float64``: one float64 matrix product per block,
         distances from the (centred) expansion with near-duplicate pairs re-measured directly.
         ``torch.float32`` / ``torch.bfloat16``: a cheaper product whose rounding bound is
