@@ -225,6 +225,8 @@ def plan(
     s = Qs.shape[0]
     brute_dtype = auto_screen_dtype(n, k, n - (self_idx is not None), Q.is_cuda, D)
     brute_cost = n * (D * (0.5 if brute_dtype == torch.bfloat16 else 1.0) + _SCREEN_PER_PAIR)
+    # brute force too measures at least k candidates per query in float64
+    brute_cost += k * D * _REFINE_PER_MAC * (brute_dtype != torch.float64)
     fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
     best: tuple[float, int, int, float] | None = None
     last_median = math.inf
