@@ -112,7 +112,10 @@ def auto_screen_dtype(
         return torch.float32
     if n_ref < 40 * min(max_k, k + max(4, k // 4)):
         return torch.float64
-    if native_bf16() and n_features >= 64 and (k <= 32 or 32 * (3 * k + 8) <= n_ref):
+    from geomsae.neighbors import grouped  # noqa: PLC0415 (it builds on this module)
+
+    many = grouped.fits(n_ref, n_candidates(torch.bfloat16, k, max_k))
+    if native_bf16() and n_features >= 64 and (k <= 32 or many):
         return torch.bfloat16
     return torch.float32
 
@@ -479,9 +482,9 @@ def _knn_block(
     """
     Qc = Qb - ref.mu
     screen = ref.screen(dtype)
-    if dtype != torch.float64 and n_cand >= k and 2 * 16 * n_cand <= ref.n:
-        from geomsae.neighbors import grouped  # noqa: PLC0415 (it builds on this module)
+    from geomsae.neighbors import grouped  # noqa: PLC0415 (it builds on this module)
 
+    if dtype != torch.float64 and n_cand >= k and grouped.fits(ref.n, n_cand):
         q_sq = row_sq(Qc)
         keys, cols, T = grouped.group_screen(screen.shifted(Qc, self_b, q_sq), n_cand)
         bound = screen.error_bound(q_sq)
