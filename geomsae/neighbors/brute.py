@@ -488,9 +488,7 @@ def _knn_block(
         q_sq = row_sq(Qc)
         keys, cols, T = grouped.group_screen(screen.shifted(Qc, self_b, q_sq), n_cand)
         bound = screen.error_bound(q_sq)
-        lb = keys.double() + q_sq[:, None]
-        exact, cand = grouped.refine_grouped(Qc, ref, lb, cols, bound, k, n_cand, self_b)
-        return exact, cand, exact[:, k - 1] ** 2 < T.double() + q_sq - bound
+        return grouped.grouped_knn(Qc, ref, keys, cols, T, q_sq, bound, k, n_cand, self_b)
     vals, cand = screen.nearest(Qc, self_b, n_cand)
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only

@@ -35,7 +35,7 @@ from geomsae.neighbors.brute import (
     sort_rows,
 )
 
-__all__ = ["GROUP", "fits", "group_screen", "refine_grouped"]
+__all__ = ["GROUP", "fits", "group_screen", "grouped_knn", "refine_grouped"]
 
 GROUP = 16
 """Columns per group."""
@@ -128,3 +128,31 @@ def refine_grouped(
         dist = exclude_self(dist, idx, self_b)
     dist, idx = sort_rows(dist, idx)
     return dist[:, :k], idx[:, :k]
+
+
+def grouped_knn(
+    Qc: torch.Tensor,
+    ref: Reference,
+    keys: torch.Tensor,
+    cols: torch.Tensor,
+    T: torch.Tensor,
+    q_sq: torch.Tensor,
+    bound: torch.Tensor,
+    k: int,
+    c: int,
+    self_b: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`refine_grouped` on :func:`group_screen`'s output, and each row's certificate.
+
+    ``keys`` and ``T`` are shifted keys (``key + q_sq`` is the lower bound, ``q_sq`` the
+    float64 squared norms of the screened queries); a row is certified when its k-th squared
+    distance is below ``T + q_sq - bound``.
+
+    Returns
+    -------
+    distances, indices : tensors of shape (b, k), float64 and int64, rows sorted
+    certified : bool tensor of shape (b,)
+    """
+    lb = keys.double() + q_sq[:, None]
+    exact, cand = refine_grouped(Qc, ref, lb, cols, bound, k, c, self_b)
+    return exact, cand, exact[:, k - 1] ** 2 < T.double() + q_sq - bound

@@ -127,12 +127,10 @@ def _search(
                 )
                 for i in range(0, Zq.shape[0], sub)
             ]
+            keys, cols, T = (torch.cat([p[j] for p in parts]) for j in range(3))
             q_sq = row_sq(Zq.double())
-            lb = torch.cat([p[0] for p in parts]).double() + q_sq[:, None]
-            cols = torch.cat([p[1] for p in parts])
-            T = torch.cat([p[2] for p in parts]).double() + q_sq
-            exact, cand = grouped.refine_grouped(Qc, ref, lb, cols, bound, k, c, self_b)
-            oks.append(exact[:, k - 1] ** 2 < T - bound)
+            exact, cand, ok = grouped.grouped_knn(Qc, ref, keys, cols, T, q_sq, bound, k, c, self_b)
+            oks.append(ok)
         else:
             parts = [
                 z.screen.nearest(
