@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import numpy as np
@@ -495,15 +496,18 @@ def test_unknown_method_is_named():
     n=st.integers(1, 3000),
     c=st.integers(1, 40),
     ties=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    n_inf=st.integers(0, 50),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_property_grouped_selection_is_topk(b, n, c, ties, seed):
+def test_property_grouped_selection_is_topk(b, n, c, ties, dtype, n_inf, seed):
     from geomsae.neighbors.brute import smallest
 
     c = min(c, n)
     g = torch.Generator().manual_seed(seed)
     d2 = torch.randint(0, 20, (b, n), generator=g).float() if ties else None
-    d2 = torch.randn(b, n, generator=g) if d2 is None else d2
+    d2 = (torch.randn(b, n, generator=g) if d2 is None else d2).to(dtype)
+    d2.view(-1)[torch.randint(0, b * n, (n_inf,), generator=g)] = math.inf  # excluded selves
     vals, idx = smallest(d2, c)
     ref = torch.topk(d2, c, dim=1, largest=False).values
     assert torch.equal(torch.sort(vals, 1).values, ref)  # the same multiset of values

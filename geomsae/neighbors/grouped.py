@@ -28,6 +28,7 @@ import torch
 
 from geomsae.neighbors.brute import (
     Reference,
+    Screen,
     exclude_self,
     refine,
     refine_pairs,
@@ -35,7 +36,7 @@ from geomsae.neighbors.brute import (
     sort_rows,
 )
 
-__all__ = ["GROUP", "fits", "group_screen", "grouped_knn", "refine_grouped"]
+__all__ = ["GROUP", "fits", "group_screen", "grouped_knn", "refine_grouped", "screen_groups"]
 
 GROUP = 16
 """Columns per group."""
@@ -76,6 +77,44 @@ def group_screen(keys: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor
     return keys.gather(1, cols), cols, mins.amax(1)
 
 
+_SUB_BYTES = 2**20
+"""Keys per sub-block of :func:`screen_groups` on CPU (~1 MiB): the passes over them (bias,
+pair bounds, group minima, gather) then stay in a core's L2 cache."""
+
+
+def screen_groups(
+    screen: Screen,
+    Q: torch.Tensor,
+    self_b: torch.Tensor | None,
+    q_sq: torch.Tensor,
+    c: int,
+    sub_bytes: int | None = _SUB_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`group_screen` of ``screen``'s keys for the rows of ``Q``, by sub-blocks.
+
+    On CPU the keys are formed and grouped ``sub_bytes`` of keys at a time (None: the whole
+    block); the matrix product is still one product for the whole block (small products run
+    the bfloat16 units far below their peak). ``q_sq``: the rows' float64 squared norms.
+    The brute-force screen gains ~10 % from 1 MiB sub-blocks on 20000 activations
+    (D = 576); the projected screen's narrow product is ~10 % faster whole (512 rows).
+    """
+    b, n = Q.shape[0], screen.Rs.shape[0]
+    whole = Q.is_cuda or sub_bytes is None
+    sub = b if whole else max(8, min(b, sub_bytes // (4 * max(n, 1))))
+    raw = screen.product(Q) if sub < b else None
+    parts = []
+    for i in range(0, b, sub):
+        rows = slice(i, i + sub)
+        keys = screen.shifted(
+            Q[rows],
+            None if self_b is None else self_b[rows],
+            q_sq[rows],
+            None if raw is None else raw[rows],
+        )
+        parts.append(group_screen(keys, c))
+    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+
+
 def refine_grouped(
     Qc: torch.Tensor,
     ref: Reference,
@@ -106,7 +145,7 @@ def refine_grouped(
     if W > c * GROUP:
         first = torch.cat([first, torch.arange(c * GROUP, W, device=dev).expand(b, -1)], 1)
         gmin = torch.cat([gmin, low[:, c * GROUP :]], 1)
-    pos = first.gather(1, torch.topk(gmin, k, dim=1, largest=False, sorted=False).indices)
+    pos = first.gather(1, smallest(gmin, k)[1])
     head_cols = cols.gather(1, pos)
     head = exclude_self(refine(Qc, ref, head_cols), head_cols, self_b)
     u2 = head.amax(1) ** 2
