@@ -208,6 +208,44 @@ def _certified(eigenvalues: torch.Tensor, error: torch.Tensor, alpha: float) -> 
     return ((lam - alpha * lam[:, :1]).abs() > (1 + alpha) * error[:, None]).all(1)
 
 
+_GRAM_ROWS = 2048  # rows per float32 block of the global Gram matrix (sums in float64)
+_EPS64 = float(torch.finfo(torch.float64).eps)
+
+
+def _covariance_eigenvalues32(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """Covariance eigenvalues of the rows of ``X`` (float64, n > D) from float32 Gram blocks.
+
+    The rows are centred in float64, rounded to float32 in blocks of ``b = 2048``, each
+    block's ``Y_b^T Y_b`` is a float32 product (a symmetric rank-k update), and the blocks are
+    summed in float64. With ``u = 2^-24`` and ``F = |Y|_F``, Weyl's inequality bounds every
+    eigenvalue's error by ``(2 u + u^2 + g_b (1 + u)^2 + (n / b + 2 + 64 D) eps64) F^2 / (n - 1)``:
+    the rounding of the input, the float32 accumulation of each block (``g_b = b u / (1 - b u)``,
+    any summation order, times ``| |Y|^T |Y| |_2 <= F^2``), the float64 sums, and ``eigvalsh``'s
+    backward error. ``F^2`` is bounded from the computed trace.
+
+    Returns
+    -------
+    eigenvalues : array of shape (D,), float64, descending
+    error : float
+        Bound on ``|computed - exact|`` for every eigenvalue.
+    """
+    n, D = X.shape
+    mu = X.mean(0)
+    G = np.zeros((D, D))
+    work = np.empty((min(n, _GRAM_ROWS), D), dtype=np.float32)
+    for start in range(0, n, _GRAM_ROWS):
+        rows = X[start : start + _GRAM_ROWS]
+        Y = np.subtract(rows, mu, out=work[: len(rows)], casting="unsafe")  # rounded once
+        G += Y.T @ Y  # numpy forms Y^T Y as a symmetric rank-k update
+    u = 2.0**-24
+    b = min(n, _GRAM_ROWS)
+    g = b * u / (1 - b * u)
+    f2 = float(np.trace(G)) / ((1 - g) * (1 - u) ** 2 * (1 - 1e-9))  # >= |Y|_F^2
+    err = (2 * u + u * u + g * (1 + u) ** 2 + (n / b + 2 + 64 * D) * _EPS64) * f2
+    lam = np.linalg.eigvalsh(G)[::-1].copy()
+    return lam / (n - 1), err / (n - 1)
+
+
 class LocalPCA(IDEstimator):
     """Intrinsic dimension by (local) principal component analysis.
 
@@ -230,7 +268,10 @@ class LocalPCA(IDEstimator):
         redoing the other neighbourhoods in float32: the same counts, with ~4x cheaper
         products where the spectra are clearly separated from the threshold (where they are
         not, as on SmolLM2 activations, 256 neighbourhoods are tried, then float32). The global
-        PCA is always float64.
+        ``"fo"`` PCA on a CPU (more points than features) likewise sums float32 Gram blocks
+        in float64 and keeps the count where a rigorous bound certifies it (float64
+        otherwise): ~1.5x faster; ``eigenvalues_`` are then within ``eigenvalue_error_`` of
+        the exact ones (0 for the float64 Gram). ``dtype=torch.float64`` makes both float64.
 
     Notes
     -----
@@ -278,6 +319,13 @@ class LocalPCA(IDEstimator):
             k = check_n_neighbors(self.n_neighbors, X.shape[0])
             return float(self._pointwise(X, k).mean())
         n, D = X.shape
+        self.eigenvalue_error_ = 0.0
+        if not X.is_cuda and self.dtype == torch.float32 and self.rule == "fo" and n > D:
+            lam32, err = _covariance_eigenvalues32(X.numpy())
+            lam = torch.from_numpy(lam32)
+            if bool(_certified(lam[None], torch.tensor([err], dtype=torch.float64), self.alpha)):
+                self.eigenvalues_, self.eigenvalue_error_ = lam32, err
+                return float(self._count(lam[None])[0])
         if X.is_cuda:
             Y = X - X.mean(0)
             G = Y @ Y.T if n <= D else Y.T @ Y
