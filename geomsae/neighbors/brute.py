@@ -374,11 +374,15 @@ class Screen:
     def product(self, Q: torch.Tensor) -> torch.Tensor | None:
         """The matrix product of a block for :meth:`shifted`, to pass to it in row slices.
 
-        bfloat16 screens: ``-2 q.r`` (bfloat16); float32: ``|r|^2 - 2 q.r``; both in a work
-        buffer. None for float64 and folded screens (computed whole by :meth:`shifted`).
+        bfloat16 screens: ``-2 q.r`` (bfloat16); float32: ``|r|^2 - 2 q.r``; folded: the
+        keys; all in a work buffer. None for float64 screens.
         """
         Qs = Q.to(self.Rs.dtype)
-        if self.folded or Qs.dtype == torch.float64:
+        if self.folded:
+            ones = torch.ones(Qs.shape[0], 1, dtype=Qs.dtype, device=Qs.device)
+            out = self._buffer(Qs.shape[0], Qs.dtype)
+            return torch.mm(torch.cat([Qs, ones], 1), self.R_aug, out=out)
+        if Qs.dtype == torch.float64:
             return None
         if Qs.dtype == torch.float32:
             out = self._buffer(Qs.shape[0], torch.float32)
@@ -395,16 +399,15 @@ class Screen:
         """Keys ``|r|^2 - 2 q.r - coef |q| |r|`` for every pair, shape (b, n_ref).
 
         ``self_b[i]`` (if given) is set to +inf in row ``i``; ``q_sq`` (float64 squared norms
-        of ``Q``) is computed when not given; ``raw`` (float32 and bfloat16 screens) is these
-        rows' slice of the :meth:`product` of a larger block (float32: finished in place).
+        of ``Q``) is computed when not given; ``raw`` (all but float64 screens) is these rows'
+        slice of the :meth:`product` of a larger block (float32: finished in place).
         Except in float64, the result lives in a work buffer of this screen and is
         overwritten by the next call.
         """
         Qs = Q.to(self.Rs.dtype)
         b = Qs.shape[0]
         if self.folded:
-            ones = torch.ones(b, 1, dtype=Qs.dtype, device=Qs.device)
-            d2 = torch.mm(torch.cat([Qs, ones], 1), self.R_aug, out=self._buffer(b, Qs.dtype))
+            d2 = self.product(Qs) if raw is None else raw
         elif Qs.dtype == torch.float64:
             d2 = matmul(Qs, self.Rs.T).mul_(-2.0).add_(self.r_sq)  # (b, n_ref)
         elif Qs.dtype == torch.float32:
