@@ -65,3 +65,20 @@ def test_other_rules_and_wide_data_stay_float64():
     assert gd.LocalPCA("variance").fit(X).eigenvalue_error_ == 0.0
     assert gd.LocalPCA().fit(X[:50]).eigenvalue_error_ == 0.0  # n <= D: the n x n Gram
     assert gd.LocalPCA().fit(X).eigenvalue_error_ > 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-23, 3e-23, 1e-22, 1e18, 1e25])
+def test_tiny_and_huge_data_give_the_float64_count(scale):
+    # float32 underflow (products below ~1e-38 lose their relative accuracy) must not certify a
+    # wrong count, and float32 overflow (entries beyond ~1e19) must fall back, not crash
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3)) * np.array([1.0, 0.3, 0.01]) * scale
+    for D in (3, 8):
+        Y = X if D == 3 else rng.normal(size=(3000, 8)) * scale
+        fast = gd.LocalPCA().fit(Y)
+        exact = gd.LocalPCA(dtype=torch.float64).fit(Y)
+        assert fast.dimension_ == exact.dimension_
+        if scale >= 1e18:
+            assert fast.eigenvalue_error_ == 0.0  # fell back
+        else:
+            assert np.all(np.abs(fast.eigenvalues_ - exact.eigenvalues_) <= fast.eigenvalue_error_)

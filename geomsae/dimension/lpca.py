@@ -212,36 +212,45 @@ _GRAM_ROWS = 2048  # rows per float32 block of the global Gram matrix (sums in f
 _EPS64 = float(torch.finfo(torch.float64).eps)
 
 
-def _covariance_eigenvalues32(X: np.ndarray) -> tuple[np.ndarray, float]:
+def _covariance_eigenvalues32(X: np.ndarray) -> tuple[np.ndarray, float] | None:
     """Covariance eigenvalues of the rows of ``X`` (float64, n > D) from float32 Gram blocks.
 
     The rows are centred in float64, rounded to float32 in blocks of ``b = 2048``, each
     block's ``Y_b^T Y_b`` is a float32 product (a symmetric rank-k update), and the blocks are
-    summed in float64. With ``u = 2^-24`` and ``F = |Y|_F``, Weyl's inequality bounds every
-    eigenvalue's error by ``(2 u + u^2 + g_b (1 + u)^2 + (n / b + 2 + 64 D) eps64) F^2 / (n - 1)``:
-    the rounding of the input, the float32 accumulation of each block (``g_b = b u / (1 - b u)``,
-    any summation order, times ``| |Y|^T |Y| |_2 <= F^2``), the float64 sums, and ``eigvalsh``'s
-    backward error. ``F^2`` is bounded from the computed trace.
+    summed in float64. With ``u = 2^-24``, ``t = 2^-150`` (the absolute rounding error of a
+    float32 result in the subnormal range) and ``F = |Y|_F``, the rounded rows are ``Y + E`` with
+    ``|E|_F <= e = u F + sqrt(n D) t``, and Weyl's inequality bounds every eigenvalue's error by
+    ``2 e F + e^2 + g_b |Y + E|_F^2 + n D t + (n / b + 2 + 64 D) eps64 |Y + E|_F^2``, over
+    ``n - 1``: the rounding of the input, the float32 accumulation of each block
+    (``g_b = b u / (1 - b u)``, any summation order, times ``| |Y|^T |Y| |_2 <= |Y|_F^2``, plus
+    ``t`` for each product that underflows), the float64 sums, and ``eigvalsh``'s backward
+    error. ``|Y + E|_F^2`` is bounded from the computed trace, and ``F`` from that.
 
     Returns
     -------
-    eigenvalues : array of shape (D,), float64, descending
-    error : float
-        Bound on ``|computed - exact|`` for every eigenvalue.
+    (eigenvalues, error) : array of shape (D,), float64, descending, and a float bounding
+        ``|computed - exact|`` for every eigenvalue; or None when a float32 product overflowed
+        (entries beyond ~1e19).
     """
     n, D = X.shape
     mu = X.mean(0)
     G = np.zeros((D, D))
     work = np.empty((min(n, _GRAM_ROWS), D), dtype=np.float32)
-    for start in range(0, n, _GRAM_ROWS):
-        rows = X[start : start + _GRAM_ROWS]
-        Y = np.subtract(rows, mu, out=work[: len(rows)], casting="unsafe")  # rounded once
-        G += Y.T @ Y  # numpy forms Y^T Y as a symmetric rank-k update
-    u = 2.0**-24
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, n, _GRAM_ROWS):
+            rows = X[start : start + _GRAM_ROWS]
+            Y = np.subtract(rows, mu, out=work[: len(rows)], casting="unsafe")  # rounded once
+            G += Y.T @ Y  # numpy forms Y^T Y as a symmetric rank-k update
+    if not np.isfinite(G).all():
+        return None
+    u, t = 2.0**-24, 2.0**-150
     b = min(n, _GRAM_ROWS)
     g = b * u / (1 - b * u)
-    f2 = float(np.trace(G)) / ((1 - g) * (1 - u) ** 2 * (1 - 1e-9))  # >= |Y|_F^2
-    err = (2 * u + u * u + g * (1 + u) ** 2 + (n / b + 2 + 64 * D) * _EPS64) * f2
+    under = n * D * t
+    fh2 = (float(np.trace(G)) + under) / ((1 - g) * (1 - 1e-9))  # >= |Y + E|_F^2
+    F = (np.sqrt(fh2) + np.sqrt(n * D) * t) / (1 - u)  # >= |Y|_F
+    e = u * F + np.sqrt(n * D) * t
+    err = 2 * e * F + e * e + g * fh2 + under + (n / b + 2 + 64 * D) * _EPS64 * fh2
     lam = np.linalg.eigvalsh(G)[::-1].copy()
     return lam / (n - 1), err / (n - 1)
 
@@ -321,11 +330,13 @@ class LocalPCA(IDEstimator):
         n, D = X.shape
         self.eigenvalue_error_ = 0.0
         if not X.is_cuda and self.dtype == torch.float32 and self.rule == "fo" and n > D:
-            lam32, err = _covariance_eigenvalues32(X.numpy())
-            lam = torch.from_numpy(lam32)
-            if bool(_certified(lam[None], torch.tensor([err], dtype=torch.float64), self.alpha)):
-                self.eigenvalues_, self.eigenvalue_error_ = lam32, err
-                return float(self._count(lam[None])[0])
+            fast = _covariance_eigenvalues32(X.numpy())
+            if fast is not None:
+                lam32, err = fast
+                lam, e = torch.from_numpy(lam32), torch.tensor([err], dtype=torch.float64)
+                if bool(_certified(lam[None], e, self.alpha)):
+                    self.eigenvalues_, self.eigenvalue_error_ = lam32, err
+                    return float(self._count(lam[None])[0])
         if X.is_cuda:
             Y = X - X.mean(0)
             G = Y @ Y.T if n <= D else Y.T @ Y

@@ -375,7 +375,7 @@ class Screen:
         """The matrix product of a block for :meth:`shifted`, to pass to it in row slices.
 
         bfloat16 screens: ``-2 q.r`` (bfloat16); float32: ``|r|^2 - 2 q.r``; folded: the
-        keys; all in a work buffer. None for float64 screens.
+        keys; all in a work buffer. None for (unfolded) float64 screens.
         """
         Qs = Q.to(self.Rs.dtype)
         if self.folded:
@@ -438,7 +438,8 @@ def _select(d2: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
     cpu = d2.device.type == "cpu" and not d2.requires_grad
     if not cpu or d2.dtype not in _NUMPY_SELECT or not 0 < c < d2.shape[1]:
         return torch.topk(d2, c, dim=1, largest=False, sorted=False)
-    cols = torch.from_numpy(np.argpartition(d2.numpy(), c - 1, axis=1)[:, :c].copy())
+    part = np.argpartition(d2.numpy(), c - 1, axis=1)[:, :c]
+    cols = torch.from_numpy(part.astype(np.int64))  # a copy; int64 where intp is narrower
     return d2.gather(1, cols), cols
 
 
