@@ -473,6 +473,27 @@ def test_auto_plans_the_projection_on_low_rank_data_only():
     assert torch.equal(a.indices, b.indices)
 
 
+def test_planner_declines_hopeless_data_early_and_keeps_good_plans(caplog):
+    # above 4 x 2048 points a sampled estimate of the tightest bound declines flat spectra
+    # before the coordinates of every point are computed; low-rank data still gets its plan
+    import geomsae.neighbors.plan as proj
+    from geomsae.neighbors.brute import Reference
+
+    n = 9000
+    iso = torch.from_numpy(np.random.default_rng(7).normal(size=(n, 300)))
+    with caplog.at_level(logging.DEBUG, logger="geomsae.neighbors.plan"):
+        assert proj.plan(iso, torch.arange(n), Reference.of(iso), 10) is None
+    assert "hopeless by a 2048-row estimate" in caplog.text
+    low = torch.from_numpy(_low_rank(n, d=5, D=64, seed=9))
+    ref = Reference.of(low)
+    chosen = proj.plan(low, torch.arange(n), ref, 10)
+    assert chosen is not None and chosen.n_components >= 5
+    est = proj._estimated_ceiling(
+        proj._BoundCounter(low[:64] - ref.mu, None, ref, chosen.basis), torch.full((64,), 1e30)
+    )
+    assert torch.all(est == n)  # an infinite radius excludes nothing: every point counted
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_projected_on_gpu_matches_cpu():

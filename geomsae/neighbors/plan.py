@@ -192,6 +192,29 @@ class _BoundCounter:
         return P, residual_sq(self.ref.X, P, self.Vt[:m], self.ref.sq)
 
 
+_ESTIMATE_ROWS = 2048  # reference rows of the early estimate of the tightest bound's counts
+
+
+def _estimated_ceiling(counter: _BoundCounter, u2: torch.Tensor) -> torch.Tensor:
+    """:meth:`_BoundCounter.ceiling` estimated on an evenly spaced sample of reference rows.
+
+    Sorted counts of points that the bound with every component cannot exclude, scaled from
+    at most ``_ESTIMATE_ROWS`` rows to the whole set (a query's own row, if sampled, counts:
+    an overestimate of ``n / rows`` at most). Costs a small fraction of the coordinates of
+    every point, which a hopeless plan then never computes.
+    """
+    ref, Vt = counter.ref, counter.Vt
+    rows = torch.linspace(0, ref.n - 1, min(ref.n, _ESTIMATE_ROWS), device=ref.X.device)
+    rows = rows.round().long()
+    Pr, Pq = matmul(ref.X[rows], Vt.T), matmul(counter.Qs, Vt.T)
+    rr = torch.sqrt((ref.sq[rows] - row_sq(Pr)).clamp_min(0))
+    rq = torch.sqrt((counter.q_sq - row_sq(Pq)).clamp_min(0))
+    part = row_sq(Pq)[:, None] + row_sq(Pr)[None, :] - 2.0 * matmul(Pq, Pr.T)
+    lb2 = part.clamp_min(0) + (rq[:, None] - rr[None, :]) ** 2
+    counts = (lb2 <= u2[:, None]).sum(1).double() * (ref.n / len(rows))
+    return counts.sort().values
+
+
 def _sample(
     Q: torch.Tensor, self_idx: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -228,6 +251,18 @@ def plan(
     # brute force too measures at least k candidates per query in float64
     brute_cost += k * D * _REFINE_PER_MAC * (brute_dtype != torch.float64)
     fail = 1.0 - torch.arange(1, s + 1, device=Q.device, dtype=torch.float64) / s
+    if not force and n > 4 * _ESTIMATE_ROWS:
+        # hopeless at once? the cheapest screen plus half the estimated fewest candidates (a
+        # margin for the sampling) against brute force, before any coordinates of all points
+        cheapest = n * (8 + _SCREEN_PER_PAIR)
+        half = 0.5 * _estimated_ceiling(counter, u2).clamp_min(k)
+        if brute_cost < _MIN_GAIN * float(
+            (cheapest + half * D * _REFINE_PER_MAC + fail * brute_cost).min()
+        ):
+            logger.debug(
+                "projection plan: declined (hopeless by a %d-row estimate)", _ESTIMATE_ROWS
+            )
+            return None
     best: tuple[float, int, int, float] | None = None
     last_median = math.inf
     hopeful = force
