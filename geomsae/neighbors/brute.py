@@ -406,12 +406,10 @@ class Screen:
         """
         Qs = Q.to(self.Rs.dtype)
         b = Qs.shape[0]
-        if self.folded:
-            d2 = self.product(Qs) if raw is None else raw
+        if self.folded or Qs.dtype == torch.float32:
+            d2 = self.product(Qs) if raw is None else raw  # finished in place on a slice
         elif Qs.dtype == torch.float64:
             d2 = matmul(Qs, self.Rs.T).mul_(-2.0).add_(self.r_sq)  # (b, n_ref)
-        elif Qs.dtype == torch.float32:
-            d2 = self.product(Qs) if raw is None else raw  # computed in place on a slice
         else:  # bfloat16 product of -2 q.r, float32 keys (one pass: the sum is float32)
             raw = self.product(Qs) if raw is None else raw
             d2 = torch.add(raw, self.r_sq, out=self._buffer(b, torch.float32))
