@@ -72,8 +72,8 @@ def test_bf16_counts_equal_float64(monkeypatch, name):
 def test_bf16_path_used_only_where_it_applies(monkeypatch):
     calls = []
     monkeypatch.setattr(lpca, "native_bf16", lambda: True)
-    real = lpca._bf16_eigenvalues
-    monkeypatch.setattr(lpca, "_bf16_eigenvalues", lambda *a: calls.append(1) or real(*a))
+    real = lpca._bf16_gram
+    monkeypatch.setattr(lpca, "_bf16_gram", lambda *a: calls.append(1) or real(*a))
     X = _datasets()["subspace+noise"]
     gd.LocalPCA().fit_pointwise(X, n_neighbors=20)
     assert calls  # fo, float32, CPU, D >= 64

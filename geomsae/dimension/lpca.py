@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from geomsae.dimension.base import IDEstimator, check_n_neighbors
+from geomsae.dimension.ritz import ritz_bounds, ritz_certify, ritz_rank
 from geomsae.neighbors import DEFAULT_MEMORY_BYTES, knn
 from geomsae.neighbors.brute import native_bf16
 
@@ -129,20 +130,22 @@ _EPS32 = float(torch.finfo(torch.float32).eps)
 _BF16_BLOCK = 32  # neighbourhoods per block: the gathered block stays in cache (fastest)
 _BF16_TRIAL = 256  # neighbourhoods tried before the certified share is judged
 _BF16_MIN_CERTIFIED = 0.5  # below this share of the trial, the rest goes straight to float32
+_RITZ_BLOCK = 256  # neighbourhoods per Rayleigh-Ritz batch (its small products amortised)
 
 
-def _bf16_eigenvalues(
+def _bf16_gram(
     X32: torch.Tensor, indices: torch.Tensor, work: dict | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Covariance eigenvalues of each neighbourhood from a bfloat16 Gram matrix, with error bounds.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bfloat16 Gram matrix of each neighbourhood, and what bounds its eigenvalues' error.
 
     Each neighbourhood ``Y = X32[indices[i]]`` (m <= D points) is taken relative to its first
     point and centred, in float32, rounded to bfloat16, and ``Y Y^T`` is formed by one batched
-    bfloat16 product (float32 accumulation, bfloat16 output), then ``eigvalsh`` in float32.
-    With ``u = 2^-8``, ``F = |Y|_F`` and ``S = |Y|_2`` (the largest singular value), Weyl's
-    inequality bounds the distance of every computed eigenvalue from the exact one of the
-    float32 neighbourhood's covariance by ``(3.1 u + 4 eps32) F S + 2 c S + c^2 + (2 u^2 +
-    (D + 4 m + 8) eps32) F^2``, divided by ``m - 1`` like the covariance: rounding the input
+    bfloat16 product (float32 accumulation, bfloat16 output). With ``u = 2^-8``,
+    ``F = |Y|_F`` and ``S = |Y|_2`` (the largest singular value), Weyl's inequality bounds the
+    distance of every eigenvalue of ``G`` (or computed by ``eigvalsh`` in float32) from the
+    exact one of the float32 neighbourhood's covariance by ``(3.1 u + 4 eps32) F S + 2 c S +
+    c^2 + (2 u^2 + (D + 4 m + 8) eps32) F^2`` (for ``Y Y^T``; divided by ``m - 1`` for the
+    covariance): rounding the input
     (``2 u F S + u^2 F^2``) and the centring subtractions (``2 eps32 F S``), the bfloat16 output
     (``u |Y Y^T|_F <= u F S``), the float32 accumulation (``D eps32 F^2``), ``eigvalsh``'s
     backward error (a few ``m eps32 F^2``), and the float32 mean's error ``r`` (the centred
@@ -162,9 +165,12 @@ def _bf16_eigenvalues(
 
     Returns
     -------
-    eigenvalues : tensor of shape (n_queries, m), float64, descending
-    error : tensor of shape (n_queries,), float64
-        Bound on ``|computed - exact|`` for every eigenvalue of the row.
+    G : tensor of shape (n_queries, m, m), float32
+        The computed ``Y Y^T`` (not divided by ``m - 1``).
+    f2 : tensor of shape (n_queries,), float64
+        An upper bound on ``F^2``.
+    c : tensor of shape (n_queries,), float64
+        The bound ``c`` on the mean's error; :func:`_bf16_bound` turns these into the bound.
     """
     b, m = indices.shape
     D = X32.shape[1]
@@ -180,7 +186,6 @@ def _bf16_eigenvalues(
     Yb = work["yb"][: b * m].view(b, m, D)
     Yb.copy_(Y)
     G = torch.bmm(Yb, Yb.transpose(1, 2)).float()
-    lam = torch.linalg.eigvalsh(G).flip(-1).double()
     # |Y|_F^2 from the computed diagonal: each entry is at least (1 - u)^3 (1 - D eps32) of its
     # exact value (input rounding twice, accumulation, output rounding)
     u, eps = _BF16_U, _EPS32
@@ -188,13 +193,34 @@ def _bf16_eigenvalues(
     f2 = f2 * (1 + 1e-3)  # slack for the centring's own rounding of the norms
     y0 = f2 + m * (mu.double() ** 2).sum((1, 2))  # |Y_0|_F^2 = |Y|_F^2 + m |mu|^2
     c = (m + 2) * eps * torch.sqrt(y0)
+    return G, f2, c
+
+
+def _bf16_bound(
+    f2: torch.Tensor, c: torch.Tensor, top: torch.Tensor, m: int, D: int
+) -> torch.Tensor:
+    """The Weyl bound of :func:`_bf16_gram` on every eigenvalue of ``G`` (not divided by
+    ``m - 1``), given ``top``: the largest eigenvalue of ``G`` computed by ``eigvalsh``, or an
+    upper bound on it."""
+    u, eps = _BF16_U, _EPS32
     small = (2 * u * u + (D + 4 * m + 8) * eps) * f2
 
     def bound(s: torch.Tensor) -> torch.Tensor:
         return (3.1 * u + 4 * eps) * torch.sqrt(f2) * s + 2 * c * s + c * c + small
 
-    s = torch.sqrt(lam[:, 0].clamp_min(0) + bound(torch.sqrt(f2)))  # S <= this (S <= F first)
-    return lam / (m - 1), bound(s) / (m - 1)
+    s = torch.sqrt(top.clamp_min(0) + bound(torch.sqrt(f2)))  # S <= this (S <= F first)
+    return bound(s)
+
+
+def _bf16_eigenvalues(
+    X32: torch.Tensor, indices: torch.Tensor, work: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, float64) and their error bound from :func:`_bf16_gram`, both
+    divided by ``m - 1`` like the covariance."""
+    m, D = indices.shape[1], X32.shape[1]
+    G, f2, c = _bf16_gram(X32, indices, work)
+    lam = torch.linalg.eigvalsh(G).flip(-1).double()
+    return lam / (m - 1), _bf16_bound(f2, c, lam[:, 0], m, D) / (m - 1)
 
 
 def _certified(eigenvalues: torch.Tensor, error: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -365,25 +391,63 @@ class LocalPCA(IDEstimator):
         return self._count(local_eigenvalues(X, hood, dtype=self.dtype))
 
     def _bf16_pointwise(self, X: torch.Tensor, hood: torch.Tensor) -> torch.Tensor:
-        """Counts from certified bfloat16 Grams, the uncertified rows redone in float32."""
+        """Counts from certified bfloat16 Grams, the uncertified rows redone in float32.
+
+        The first ``_BF16_TRIAL`` neighbourhoods get a full ``eigvalsh``; if at least half are
+        certified, their spectra choose the rank of the Rayleigh-Ritz certificate
+        (:mod:`geomsae.dimension.ritz`; none where it is not predicted to be cheaper) for the
+        rest, used while it certifies at least half of each batch; its uncertified rows get
+        the full ``eigvalsh`` of their Gram matrix.
+        """
         X32 = X.float()
-        out = torch.empty(hood.shape[0], dtype=torch.float64, device=X.device)
+        n, m = hood.shape
+        D = X.shape[1]
+        out = torch.empty(n, dtype=torch.float64, device=X.device)
         todo: list[torch.Tensor] = []
         work: dict = {}
-        start, trial = 0, True
-        while start < hood.shape[0]:
-            rows = slice(start, start + _BF16_BLOCK)
-            lam, err = _bf16_eigenvalues(X32, hood[rows], work)
-            ok = _certified(lam, err, self.alpha)
-            out[rows] = self._count(lam)
-            todo.append(start + torch.nonzero(~ok).flatten())
+        trial: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def full(start: int, G: torch.Tensor, f2: torch.Tensor, c: torch.Tensor) -> None:
+            lam = torch.linalg.eigvalsh(G).flip(-1).double()
+            err = _bf16_bound(f2, c, lam[:, 0], m, D)
+            out[start : start + len(G)] = self._count(lam)
+            todo.append(start + torch.nonzero(~_certified(lam, err, self.alpha)).flatten())
+            if len(trial) * _BF16_BLOCK < _BF16_TRIAL:
+                trial.append((lam, err))
+
+        start = 0
+        while start < min(n, _BF16_TRIAL):
+            full(start, *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
             start += _BF16_BLOCK
-            if start >= _BF16_TRIAL and trial:
-                trial = False
-                if sum(t.numel() for t in todo) > (1 - _BF16_MIN_CERTIFIED) * start:
-                    break  # this data defeats the bound: the rest in float32
-        if start < hood.shape[0]:
-            todo.append(torch.arange(start, hood.shape[0], device=X.device))
+        if sum(t.numel() for t in todo) <= (1 - _BF16_MIN_CERTIFIED) * start:
+            rank = None
+            if start < n:
+                lam, err = (torch.cat(t) for t in zip(*trial, strict=True))
+                rank = ritz_rank(lam, err, self.alpha)
+            while start < n and rank is not None:
+                rows = [
+                    _bf16_gram(X32, hood[s : s + _BF16_BLOCK], work)
+                    for s in range(start, min(n, start + _RITZ_BLOCK), _BF16_BLOCK)
+                ]
+                G, f2, c = (torch.cat(t) for t in zip(*rows, strict=True))
+                bounds = ritz_bounds(G, rank)
+                cnt, ok = ritz_certify(bounds, _bf16_bound(f2, c, bounds.top, m, D), self.alpha)
+                out[start : start + len(G)] = cnt
+                bad = torch.nonzero(~ok).flatten()
+                for i in range(0, bad.numel(), _BF16_BLOCK):
+                    sel = bad[i : i + _BF16_BLOCK]
+                    lam = torch.linalg.eigvalsh(G[sel]).flip(-1).double()
+                    err = _bf16_bound(f2[sel], c[sel], lam[:, 0], m, D)
+                    out[start + sel] = self._count(lam)
+                    todo.append(start + sel[~_certified(lam, err, self.alpha)])
+                if bad.numel() > (1 - _BF16_MIN_CERTIFIED) * len(G):
+                    rank = None  # this part of the data defeats the rank: full eigvalsh
+                start += len(G)
+            while start < n:
+                full(start, *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
+                start += _BF16_BLOCK
+        if start < n:  # this data defeats the bound: the rest in float32
+            todo.append(torch.arange(start, n, device=X.device))
         bad = torch.cat(todo) if todo else torch.zeros(0, dtype=torch.long, device=X.device)
         if bad.numel():
             out[bad] = self._count(local_eigenvalues(X32, hood[bad], dtype=torch.float32))
