@@ -146,3 +146,23 @@ def test_local_pca_through_ritz_equals_float64(monkeypatch, data):
 
 def test_cost_constants_are_sane():
     assert ritz._RITZ_BASE + ritz._RITZ_PER_R2 * 100 < ritz._EIGVALSH_PER_M2 * 2500
+
+
+def test_certificate_dropped_when_slower_than_eigvalsh(monkeypatch):
+    """A CPU where the certificate loses to eigvalsh (forced: any time counts as too slow):
+    one batch, then eigvalsh for the rest, with the same counts."""
+    monkeypatch.setattr(lpca, "native_bf16", lambda: True)
+    monkeypatch.setattr(lpca, "_BF16_TRIAL", 64)
+    monkeypatch.setattr(lpca, "_RITZ_BLOCK", 128)
+    monkeypatch.setattr(lpca, "_RITZ_SLOWER", 0.0)
+    calls = []
+    real = lpca.ritz_bounds
+    monkeypatch.setattr(lpca, "ritz_bounds", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(1)
+    X = np.zeros((900, 96))
+    X[:, :6] = rng.normal(size=(900, 6))
+    X = (X + 0.01 * rng.normal(size=X.shape)) @ np.linalg.qr(rng.normal(size=(96, 96)))[0]
+    ours = gd.LocalPCA().fit_pointwise(X, n_neighbors=49).dimension_pw_
+    exact = gd.LocalPCA(dtype=torch.float64).fit_pointwise(X, n_neighbors=49).dimension_pw_
+    np.testing.assert_array_equal(ours, exact)
+    assert len(calls) == 1

@@ -21,6 +21,7 @@ undershoots at high dimension when neighbourhoods are small.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,10 @@ _BF16_BLOCK = 32  # neighbourhoods per block: the gathered block stays in cache 
 _BF16_TRIAL = 256  # neighbourhoods tried before the certified share is judged
 _BF16_MIN_CERTIFIED = 0.5  # below this share of the trial, the rest goes straight to float32
 _RITZ_BLOCK = 256  # neighbourhoods per Rayleigh-Ritz batch (its small products amortised)
+# a Ritz batch may take this many times the trial's eigvalsh per row before it is dropped: in
+# the pipeline, between the gathers, it runs up to 1.7x slower than on its own (n = 20 000)
+# while the trial's eigvalsh ran with warm caches, and it still saved 13 % there
+_RITZ_SLOWER = 1.5
 
 
 def _bf16_gram(
@@ -182,9 +187,8 @@ def _bf16_gram(
     Y = torch.index_select(X32, 0, indices.reshape(-1), out=work["y"][: b * m]).view(b, m, D)
     Y.sub_(Y[:, :1].clone())  # relative to the first point: the local scale
     mu = Y.mean(1, keepdim=True)
-    Y.sub_(mu)
     Yb = work["yb"][: b * m].view(b, m, D)
-    Yb.copy_(Y)
+    torch.sub(Y, mu, out=Yb)  # centred in float32, then rounded to bfloat16: one pass
     G = torch.bmm(Yb, Yb.transpose(1, 2)).float()
     # |Y|_F^2 from the computed diagonal: each entry is at least (1 - u)^3 (1 - D eps32) of its
     # exact value (input rounding twice, accumulation, output rounding)
@@ -396,8 +400,10 @@ class LocalPCA(IDEstimator):
         The first ``_BF16_TRIAL`` neighbourhoods get a full ``eigvalsh``; if at least half are
         certified, their spectra choose the rank of the Rayleigh-Ritz certificate
         (:mod:`geomsae.dimension.ritz`; none where it is not predicted to be cheaper) for the
-        rest, used while it certifies at least half of each batch; its uncertified rows get
-        the full ``eigvalsh`` of their Gram matrix.
+        rest. Its uncertified rows get the full ``eigvalsh`` of their Gram matrix, and it is
+        dropped for the rest as soon as a batch certifies fewer than half its rows or takes
+        ``_RITZ_SLOWER`` times the trial's ``eigvalsh`` per row (LAPACK's speed at this size
+        varies 2x between CPUs). Certified counts are exact whichever test proved them.
         """
         X32 = X.float()
         n, m = hood.shape
@@ -406,48 +412,58 @@ class LocalPCA(IDEstimator):
         todo: list[torch.Tensor] = []
         work: dict = {}
         trial: list[tuple[torch.Tensor, torch.Tensor]] = []
+        eig_seconds = [0.0]
 
-        def full(start: int, G: torch.Tensor, f2: torch.Tensor, c: torch.Tensor) -> None:
+        def settle(rows: torch.Tensor, G: torch.Tensor, f2: torch.Tensor, c: torch.Tensor):
+            t = time.perf_counter()
             lam = torch.linalg.eigvalsh(G).flip(-1).double()
+            eig_seconds[0] += time.perf_counter() - t
             err = _bf16_bound(f2, c, lam[:, 0], m, D)
-            out[start : start + len(G)] = self._count(lam)
-            todo.append(start + torch.nonzero(~_certified(lam, err, self.alpha)).flatten())
+            out[rows] = self._count(lam)
+            todo.append(rows[~_certified(lam, err, self.alpha)])
             if len(trial) * _BF16_BLOCK < _BF16_TRIAL:
                 trial.append((lam, err))
 
+        def block(start: int) -> torch.Tensor:
+            return torch.arange(start, min(n, start + _BF16_BLOCK), device=X.device)
+
         start = 0
         while start < min(n, _BF16_TRIAL):
-            full(start, *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
+            settle(block(start), *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
             start += _BF16_BLOCK
-        if sum(t.numel() for t in todo) <= (1 - _BF16_MIN_CERTIFIED) * start:
-            rank = None
-            if start < n:
-                lam, err = (torch.cat(t) for t in zip(*trial, strict=True))
-                rank = ritz_rank(lam, err, self.alpha)
-            while start < n and rank is not None:
-                rows = [
-                    _bf16_gram(X32, hood[s : s + _BF16_BLOCK], work)
-                    for s in range(start, min(n, start + _RITZ_BLOCK), _BF16_BLOCK)
-                ]
-                G, f2, c = (torch.cat(t) for t in zip(*rows, strict=True))
-                bounds = ritz_bounds(G, rank)
-                cnt, ok = ritz_certify(bounds, _bf16_bound(f2, c, bounds.top, m, D), self.alpha)
-                out[start : start + len(G)] = cnt
-                bad = torch.nonzero(~ok).flatten()
-                for i in range(0, bad.numel(), _BF16_BLOCK):
-                    sel = bad[i : i + _BF16_BLOCK]
-                    lam = torch.linalg.eigvalsh(G[sel]).flip(-1).double()
-                    err = _bf16_bound(f2[sel], c[sel], lam[:, 0], m, D)
-                    out[start + sel] = self._count(lam)
-                    todo.append(start + sel[~_certified(lam, err, self.alpha)])
-                if bad.numel() > (1 - _BF16_MIN_CERTIFIED) * len(G):
-                    rank = None  # this part of the data defeats the rank: full eigvalsh
-                start += len(G)
-            while start < n:
-                full(start, *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
-                start += _BF16_BLOCK
-        if start < n:  # this data defeats the bound: the rest in float32
-            todo.append(torch.arange(start, n, device=X.device))
+        if sum(t.numel() for t in todo) > (1 - _BF16_MIN_CERTIFIED) * start:
+            todo.append(torch.arange(start, n, device=X.device))  # the rest in float32
+            start = n
+        rank = None
+        if start < n:
+            lam, err = (torch.cat(t) for t in zip(*trial, strict=True))
+            rank = ritz_rank(lam, err, self.alpha)
+        eig_per_row = eig_seconds[0] / start
+        while start < n and rank is not None:
+            stop = min(n, start + _RITZ_BLOCK)
+            grams = [
+                _bf16_gram(X32, hood[s : s + _BF16_BLOCK], work)
+                for s in range(start, stop, _BF16_BLOCK)
+            ]
+            G, f2, c = (torch.cat(t) for t in zip(*grams, strict=True))
+            t = time.perf_counter()
+            bounds = ritz_bounds(G, rank)
+            cnt, ok = ritz_certify(bounds, _bf16_bound(f2, c, bounds.top, m, D), self.alpha)
+            out[start:stop] = cnt
+            bad = torch.nonzero(~ok).flatten()
+            for i in range(0, bad.numel(), _BF16_BLOCK):
+                sel = bad[i : i + _BF16_BLOCK]
+                settle(start + sel, G[sel], f2[sel], c[sel])
+            seconds = time.perf_counter() - t
+
+            if bad.numel() > (1 - _BF16_MIN_CERTIFIED) * len(
+                G
+            ) or seconds > _RITZ_SLOWER * eig_per_row * len(G):
+                rank = None  # this data (or this CPU) does not favour the certificate
+            start = stop
+        while start < n:
+            settle(block(start), *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
+            start += _BF16_BLOCK
         bad = torch.cat(todo) if todo else torch.zeros(0, dtype=torch.long, device=X.device)
         if bad.numel():
             out[bad] = self._count(local_eigenvalues(X32, hood[bad], dtype=torch.float32))
