@@ -434,11 +434,11 @@ class LocalPCA(IDEstimator):
         if sum(t.numel() for t in todo) > (1 - _BF16_MIN_CERTIFIED) * start:
             todo.append(torch.arange(start, n, device=X.device))  # the rest in float32
             start = n
-        rank = None
+        rank, eig_per_row = None, 0.0
         if start < n:
             lam, err = (torch.cat(t) for t in zip(*trial, strict=True))
             rank = ritz_rank(lam, err, self.alpha)
-        eig_per_row = eig_seconds[0] / start
+            eig_per_row = eig_seconds[0] / start
         while start < n and rank is not None:
             stop = min(n, start + _RITZ_BLOCK)
             grams = [
@@ -454,11 +454,9 @@ class LocalPCA(IDEstimator):
             for i in range(0, bad.numel(), _BF16_BLOCK):
                 sel = bad[i : i + _BF16_BLOCK]
                 settle(start + sel, G[sel], f2[sel], c[sel])
-            seconds = time.perf_counter() - t
-
-            if bad.numel() > (1 - _BF16_MIN_CERTIFIED) * len(
-                G
-            ) or seconds > _RITZ_SLOWER * eig_per_row * len(G):
+            too_few = bad.numel() > (1 - _BF16_MIN_CERTIFIED) * len(G)
+            too_slow = time.perf_counter() - t > _RITZ_SLOWER * eig_per_row * len(G)
+            if too_few or too_slow:
                 rank = None  # this data (or this CPU) does not favour the certificate
             start = stop
         while start < n:
