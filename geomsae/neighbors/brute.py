@@ -24,7 +24,9 @@ __all__ = [
     "block_rows",
     "brute_knn",
     "exclude_self",
+    "expansion_error",
     "matmul",
+    "measure_directly",
     "no_neighbors",
     "refine",
     "refine_pairs",
@@ -34,9 +36,11 @@ __all__ = [
     "native_bf16",
     "reduced_precision_safe",
     "refine_progressively",
+    "power_of_two_scale",
     "row_sq",
     "smallest",
     "sort_rows",
+    "sort_settled",
 ]
 
 DEFAULT_MEMORY_BYTES = 256 * 2**20
@@ -134,6 +138,34 @@ def reduced_precision_safe(ref: Reference, Q: torch.Tensor | None = None) -> boo
     return Q is None or Q.shape[0] == 0 or float(row_sq(Q - ref.mu).max()) <= FLOAT32_SAFE_SQ
 
 
+SCALE_RANGE = (2.0**-40, 2.0**40)
+"""Largest centred norms outside this range are brought into [0.5, 1) by a power of two
+(:func:`power_of_two_scale`) before a search."""
+
+
+def power_of_two_scale(*centred: torch.Tensor) -> float:
+    """1.0, or the power of two ``s`` that brings the largest norm of the centred rows into
+    [0.5, 1) when it lies outside :data:`SCALE_RANGE`.
+
+    A search is exact in floating point only within its exponent range: below ~1e-19 the
+    float32 screens' squares underflow (their rounding bounds are relative), beyond ~1e154
+    float64 squared norms overflow. Scaling by a power of two is exact (short of subnormals)
+    and commutes with every rounding, so the search on ``s X`` returns exactly ``s`` times the
+    distances (and the same neighbours) that it would without exponent limits.
+    """
+    sq = [row_sq(t) for t in centred if t.numel()]
+    if not sq:
+        return 1.0
+    top = math.sqrt(max(float(q.max()) for q in sq))
+    if top == 0.0 or not math.isfinite(top):  # squares underflowed or overflowed: entries
+        top = max(float(t.abs().max()) for t in centred if t.numel())
+        if top == 0.0:
+            return 1.0  # all points identical
+    if SCALE_RANGE[0] <= top <= SCALE_RANGE[1]:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(top)[1])
+
+
 def n_candidates(dtype: torch.dtype, k: int, max_k: int) -> int:
     """Candidates a brute-force screen in ``dtype`` keeps per query: ``k + 1`` in float64,
     ``k + max(4, k // 4)`` in float32, ``3 k + 8`` in bfloat16 (its bound is ~2^-5 of
@@ -154,6 +186,31 @@ def block_rows(n_ref: int, extra_per_row: int, block_size: int | None) -> int:
     rows = max(1, min(8192, DEFAULT_MEMORY_BYTES // max(per_row, 1)))
     # a multiple of 32 rows: ~40 % faster bfloat16 products (AMX tiles) on a Xeon, else neutral
     return rows - rows % 32 if rows >= 64 else rows
+
+
+def grid_mean(X: torch.Tensor) -> torch.Tensor:
+    """The column mean of ``X``, rounded to a multiple of ``2^8`` units in the last place of
+    the largest ``|entry|`` (a change of ~1e-14 of the data's scale).
+
+    Centring by it is exact for data on a binary grid (integers, halves, a lattice: any
+    entries that are multiples of that unit): ``x - mu`` is then representable, so distances
+    measured directly on centred points equal those on the input, and pairs exactly at a
+    radius or exactly tied stay exactly so. For other data it is as good as the plain mean.
+    """
+    if X.device.type == "cpu" and X.dtype == torch.float64 and not X.requires_grad:
+        mu = torch.from_numpy(X.numpy().mean(0))  # numpy's column mean: ~3x torch's
+    else:
+        mu = X.mean(0)
+    if X.numel() == 0:
+        return mu
+    lo, hi = torch.aminmax(X)
+    top = max(abs(float(lo)), abs(float(hi)))
+    if top == 0.0 or not math.isfinite(top):
+        return mu
+    unit = math.ldexp(1.0, math.frexp(top)[1] - 45)  # 2^8 ulp(top), in float64
+    if unit == 0.0:
+        return mu
+    return torch.round(mu / unit) * unit
 
 
 @dataclass
@@ -177,10 +234,7 @@ class Reference:
 
     @classmethod
     def of(cls, R: torch.Tensor) -> Reference:
-        if R.device.type == "cpu" and R.dtype == torch.float64 and not R.requires_grad:
-            mu = torch.from_numpy(R.numpy().mean(0))  # numpy's column mean: ~3x torch's
-        else:
-            mu = R.mean(0)
+        mu = grid_mean(R)
         Rc = R - mu
         return cls(Rc, mu, row_sq(Rc))
 
@@ -219,23 +273,50 @@ def _csr_dots(
     return (torch.index_select(R, 0, cols) * Qc[rows]).sum(1)
 
 
+def measure_directly(
+    Qc: torch.Tensor, R: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """Squared distances ``|Qc[rows[p]] - R[cols[p]]|^2`` summed directly (no cancellation),
+    in chunks of pairs that keep the gathered differences within the work-space budget."""
+    out = torch.empty(rows.numel(), dtype=torch.float64, device=Qc.device)
+    step = max(1, DEFAULT_MEMORY_BYTES // (16 * max(Qc.shape[1], 1)))
+    for s in range(0, rows.numel(), step):
+        diff = R[cols[s : s + step]] - Qc[rows[s : s + step]]
+        out[s : s + step] = (diff * diff).sum(1)
+    return out
+
+
+def pair_error(n_features: int, scale_sq: torch.Tensor) -> torch.Tensor:
+    """Bound on the float64 expansion's error for pairs with ``|q|^2 + |r|^2 = scale_sq``:
+    ``4 (D + 2) eps scale_sq``."""
+    return 4 * (n_features + 2) * torch.finfo(torch.float64).eps * scale_sq + 1e-300
+
+
 def refine_pairs(
-    Qc: torch.Tensor, ref: Reference, crow: torch.Tensor, cols: torch.Tensor
+    Qc: torch.Tensor,
+    ref: Reference,
+    crow: torch.Tensor,
+    cols: torch.Tensor,
+    radius: float | None = None,
 ) -> torch.Tensor:
     """Float64 distances of CSR pairs (row ``i`` of ``Qc``, centred; reference row ``cols[p]``).
 
     The expansion ``|q|^2 + |r|^2 - 2 q.r`` in float64 is accurate to ~1e-16 of the squared
     norms; pairs where that is not enough (squared distance below :data:`REMEASURE_BELOW` of
     the squared norms: near-duplicates) are recomputed directly as ``|q - r|``, so duplicates
-    come out as exactly 0.
+    come out as exactly 0. With ``radius``, so are the pairs whose expansion is within its
+    rounding error (:func:`pair_error`) of ``radius^2``: whether a pair is within the radius
+    is then decided on its directly measured distance.
     """
     rows = torch.repeat_interleave(torch.arange(Qc.shape[0], device=Qc.device), torch.diff(crow))
-    q_sq = row_sq(Qc)[rows]
-    d2 = (q_sq + ref.sq[cols] - 2.0 * _csr_dots(Qc, ref.X, crow, cols)).clamp_min(0)
-    close = d2 < REMEASURE_BELOW * (q_sq + ref.sq[cols])
-    if bool(close.any()):
-        p = torch.nonzero(close).flatten()
-        d2[p] = ((ref.X[cols[p]] - Qc[rows[p]]) ** 2).sum(1)
+    scale = row_sq(Qc)[rows] + ref.sq[cols]
+    d2 = (scale - 2.0 * _csr_dots(Qc, ref.X, crow, cols)).clamp_min(0)
+    redo = d2 < REMEASURE_BELOW * scale
+    if radius is not None:
+        redo |= (d2 - radius**2).abs() <= pair_error(Qc.shape[1], scale)
+    if bool(redo.any()):
+        p = torch.nonzero(redo).flatten()
+        d2[p] = measure_directly(Qc, ref.X, rows[p], cols[p])
     return torch.sqrt(d2)
 
 
@@ -259,7 +340,7 @@ def fix_close(
     if bool(close.any()):
         rows, cols = torch.nonzero(close, as_tuple=True)
         d2 = d2.clone()
-        d2[rows, cols] = ((ref.X[idx[rows, cols]] - Qc[rows]) ** 2).sum(1)
+        d2[rows, cols] = measure_directly(Qc, ref.X, rows, idx[rows, cols])
     return torch.sqrt(d2)
 
 
@@ -269,6 +350,37 @@ def sort_rows(dist: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     dist, idx = dist.gather(1, order), idx.gather(1, order)
     order = torch.argsort(dist, dim=1, stable=True)
     return dist.gather(1, order), idx.gather(1, order)
+
+
+def sort_settled(
+    Qc: torch.Tensor, ref: Reference, dist: torch.Tensor, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sort_rows`, with near-ties settled on directly measured distances.
+
+    Two distances from the expansion that are within its rounding error
+    (:func:`expansion_error`) of each other may be in either order whatever the exact ones
+    are: equal distances to distinct points would go by rounding noise instead of by index.
+    The members of such runs (in each sorted row, neighbours closer than twice the error) are
+    measured directly and the rows sorted again; nothing outside a run can change places with
+    it. Entries that are +inf (excluded or padding) are left alone.
+    """
+    dist, idx = sort_rows(dist, idx)
+    if dist.shape[1] < 2 or dist.shape[0] == 0:
+        return dist, idx
+    d2 = dist * dist
+    gap = d2[:, 1:] - d2[:, :-1]  # nan where both are inf: not a run
+    run = (gap <= 2 * expansion_error(Qc, ref)[:, None]) & (d2[:, 1:] > 0)  # 0s are direct
+    if not bool(run.any()):
+        return dist, idx
+    mark = torch.zeros_like(dist, dtype=torch.bool)
+    mark[:, 1:] |= run
+    mark[:, :-1] |= run
+    rows, cols = torch.nonzero(mark, as_tuple=True)
+    dist = dist.clone()
+    dist[rows, cols] = torch.sqrt(measure_directly(Qc, ref.X, rows, idx[rows, cols]))
+    touched = torch.unique(rows)
+    dist[touched], idx[touched] = sort_rows(dist[touched], idx[touched])
+    return dist, idx
 
 
 def exclude_self(
@@ -345,9 +457,12 @@ class Screen:
         """Per-row bound on how far ``key + |q|^2`` may exceed the exact squared distance.
 
         float64 screens are taken as exact. Folded: the forward-error bound of the dot product
-        and norms, ``4 (K + 2) eps (|q|^2 + max |r|^2)``. Otherwise the pair terms are in the
+        and norms, ``4 (K + 2) eps (|q|^2 + max |r|^2)``, plus ``4 (K + 2)`` times float32's
+        smallest normal number for products that underflow. Otherwise the pair terms are in the
         keys and what is left is the float32 assembly of the key (a few roundings of terms of
-        size ``|q|^2 + |r|^2``): ``8 eps32 (|q|^2 + max |r|^2) (1 + coef)``.
+        size ``|q|^2 + |r|^2``): ``8 eps32 (|q|^2 + max |r|^2) (1 + coef)`` plus 1e-30 (which
+        covers underflow up to ~1e8 features). The searches scale their data by a power of two
+        first (:func:`power_of_two_scale`), so these absolute terms are negligible there.
         """
         if self.Rs.dtype == torch.float64:
             return torch.zeros_like(q_sq)
@@ -355,7 +470,9 @@ class Screen:
             eps = torch.finfo(self.Rs.dtype).eps
             if self.Rs.is_cuda and torch.backends.cuda.matmul.allow_tf32:
                 eps = 2.0**-10  # TF32 keeps 10 mantissa bits
-            return 4 * (self.Rs.shape[1] + 2) * eps * (q_sq + self.r_sq_max)
+            # + the products' underflow: each term may lose up to float32's smallest normal
+            tiny = (self.Rs.shape[1] + 2) * torch.finfo(torch.float32).tiny
+            return 4 * (self.Rs.shape[1] + 2) * eps * (q_sq + self.r_sq_max) + 4 * tiny
         eps32 = torch.finfo(torch.float32).eps
         return 8 * eps32 * (1 + self.coef) * (q_sq + self.r_sq_max) + 1e-30
 
@@ -479,8 +596,9 @@ def refine_progressively(
 
     ``vals`` are the candidates' screened lower bounds (float64) and ``bound`` the per-row
     error of those. The ``k`` candidates of smallest bound are measured first; their largest
-    distance ``u`` bounds the k-th neighbour's from above, so a candidate whose lower bound
-    (less its rounding bound) exceeds ``u`` cannot be among the k nearest and is not measured.
+    distance ``u`` (plus the float64 expansion's error, :func:`expansion_error`) bounds the
+    k-th neighbour's from above, so a candidate whose lower bound (less its rounding bound)
+    exceeds ``u`` cannot be among the k nearest, nor tie with the k-th, and is not measured.
     """
     b, c = cand.shape
     if c <= k:
@@ -489,8 +607,8 @@ def refine_progressively(
     head = _select(lb, k)[1]
     exact = torch.full((b, c), math.inf, dtype=torch.float64, device=Qc.device)
     exact.scatter_(1, head, refine(Qc, ref, cand.gather(1, head)))
-    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2
-    todo = exact.isinf() & (lb <= u2[:, None])
+    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2 + expansion_error(Qc, ref)
+    todo = exact.isinf() & (lb <= u2[:, None])  # u2: the measured k-th plus its error
     if bool(todo.any()):
         crow = torch.zeros(b + 1, dtype=torch.long, device=Qc.device)
         crow[1:] = torch.cumsum(todo.sum(1), 0)
@@ -530,16 +648,16 @@ def _knn_block(
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only
         # near-duplicates, where that is not enough, are re-measured directly
-        exact, cand = sort_rows(
-            exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b), cand
+        exact, cand = sort_settled(
+            Qc, ref, exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b), cand
         )
         if n_cand >= ref.n - (self_b is not None):
             return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
         # the (k+1)-th expansion value, less its rounding bound, must exceed the k-th distance:
         # else a point outside may tie with it, and ties go by index (rows with ties at the
         # k-th distance: every point within the bound of it is measured)
-        err = _expansion_error(Qc, ref)
-        tied = torch.nonzero(exact[:, k - 1] ** 2 >= vals.max(1).values - err).flatten()
+        err = expansion_error(Qc, ref)  # of the (k+1)-th value and of the k-th distance
+        tied = torch.nonzero(exact[:, k - 1] ** 2 >= vals.max(1).values - 2 * err).flatten()
         if tied.numel():
             sb = None if self_b is None else self_b[tied]
             t = exact[tied, k - 1] ** 2 + 2 * err[tied]
@@ -550,18 +668,19 @@ def _knn_block(
     else:
         bound = screen.error_bound(row_sq(Qc))
         exact = refine_progressively(Qc, ref, vals, cand, bound, k)
-    exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
+    exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand)
     if n_cand >= ref.n - (self_b is not None):
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
-    ok = exact[:, k - 1] ** 2 < vals.max(1).values - bound
+    # the k-th distance may be measured up to the expansion's error below the exact one
+    ok = exact[:, k - 1] ** 2 + expansion_error(Qc, ref) < vals.max(1).values - bound
     return exact, cand, ok
 
 
-def _expansion_error(Qc: torch.Tensor, ref: Reference) -> torch.Tensor:
-    """Per-row bound on the float64 expansion's error, ``4 (D + 2) eps (|q|^2 + max |r|^2)``."""
-    eps = torch.finfo(torch.float64).eps
+def expansion_error(Qc: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """Per-row bound on the float64 expansion's error, ``4 (D + 2) eps (|q|^2 + max |r|^2)``
+    (:func:`pair_error` at the row's largest scale)."""
     r_max = float(ref.sq.max()) if ref.n else 0.0
-    return 4 * (Qc.shape[1] + 2) * eps * (row_sq(Qc) + r_max) + 1e-300
+    return pair_error(Qc.shape[1], row_sq(Qc) + r_max)
 
 
 def _within(
@@ -574,7 +693,7 @@ def _within(
     c = max(k, int((d2 <= t[:, None]).sum(1).max()))
     vals, cand = smallest(d2, c)
     exact = exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b)
-    exact, cand = sort_rows(exact, cand)
+    exact, cand = sort_settled(Qc, ref, exact, cand)
     return exact[:, :k], cand[:, :k]
 
 

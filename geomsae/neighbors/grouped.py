@@ -30,10 +30,11 @@ from geomsae.neighbors.brute import (
     Reference,
     Screen,
     exclude_self,
+    expansion_error,
     refine,
     refine_pairs,
     smallest,
-    sort_rows,
+    sort_settled,
 )
 
 __all__ = ["GROUP", "fits", "group_screen", "grouped_knn", "refine_grouped", "screen_groups"]
@@ -148,7 +149,7 @@ def refine_grouped(
     pos = first.gather(1, smallest(gmin, k)[1])
     head_cols = cols.gather(1, pos)
     head = exclude_self(refine(Qc, ref, head_cols), head_cols, self_b)
-    u2 = head.amax(1) ** 2
+    u2 = head.amax(1) ** 2 + expansion_error(Qc, ref)  # the measured k-th plus its error
     todo = low <= u2[:, None]
     todo.scatter_(1, pos, False)
     rows, at = torch.nonzero(todo, as_tuple=True)
@@ -165,7 +166,7 @@ def refine_grouped(
         dist[rows, slot] = refine_pairs(Qc, ref, crow, more)
         idx[rows, slot] = more
         dist = exclude_self(dist, idx, self_b)
-    dist, idx = sort_rows(dist, idx)
+    dist, idx = sort_settled(Qc, ref, dist, idx)
     return dist[:, :k], idx[:, :k]
 
 
@@ -194,4 +195,5 @@ def grouped_knn(
     """
     lb = keys.double() + q_sq[:, None]
     exact, cand = refine_grouped(Qc, ref, lb, cols, bound, k, c, self_b)
-    return exact, cand, exact[:, k - 1] ** 2 < T.double() + q_sq - bound
+    kth = exact[:, k - 1] ** 2 + expansion_error(Qc, ref)  # the k-th, up to its error
+    return exact, cand, kth < T.double() + q_sq - bound

@@ -39,11 +39,12 @@ from geomsae.neighbors.brute import (
     block_rows,
     brute_knn,
     exclude_self,
+    expansion_error,
     no_neighbors,
     refine_pairs,
     refine_progressively,
     row_sq,
-    sort_rows,
+    sort_settled,
 )
 from geomsae.neighbors.plan import ProjectionPlan, coordinates
 
@@ -131,11 +132,12 @@ def _search(
             ]
             vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             exact = refine_progressively(Qc, ref, vals, cand, bound, k)
-            exact, cand = sort_rows(exclude_self(exact, cand, self_b), cand)
+            exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand)
             if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
                 oks.append(torch.ones(Qc.shape[0], dtype=torch.bool, device=Qc.device))
-            else:
-                oks.append(exact[:, k - 1] ** 2 < vals.max(1).values.double() - bound)
+            else:  # the k-th distance is measured up to the float64 expansion's error
+                kth = exact[:, k - 1] ** 2 + expansion_error(Qc, ref)
+                oks.append(kth < vals.max(1).values.double() - bound)
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
     if not dists:
@@ -230,7 +232,7 @@ def projected_radius(
         r, c = torch.cat(rs), torch.cat(cs)
         crow = torch.zeros(Qc.shape[0] + 1, dtype=torch.long, device=Q.device)
         crow[1:] = torch.cumsum(torch.bincount(r, minlength=Qc.shape[0]), 0)
-        dist = refine_pairs(Qc, ref, crow, c)
+        dist = refine_pairs(Qc, ref, crow, c, radius=radius)
         keep = dist <= radius
         rows_all.append(start + r[keep])
         cols_all.append(c[keep])

@@ -16,7 +16,11 @@ from geomsae.neighbors.brute import (
     Reference,
     auto_screen_dtype,
     block_rows,
+    grid_mean,
     matmul,
+    measure_directly,
+    pair_error,
+    power_of_two_scale,
     refine_pairs,
     row_sq,
 )
@@ -72,7 +76,11 @@ def radius_neighbors(
     if not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     Xt = as_tensor(X, device).detach()  # the search is not differentiable
-    Xt = Xt - Xt.mean(0)  # translation-invariant; keeps the expansion's rounding error small
+    Xt = Xt - grid_mean(Xt)  # translation-invariant; keeps the expansion's rounding error small
+    scale = power_of_two_scale(Xt)  # exact; keeps float32 and float64 in their exponent range
+    if scale != 1.0:
+        Xt.mul_(scale)
+        radius = radius * scale
     n = Xt.shape[0]
     if max_neighbors is not None and (max_neighbors < 1):
         raise ValueError(f"max_neighbors must be >= 1; got {max_neighbors!r}")
@@ -92,6 +100,7 @@ def radius_neighbors(
         chosen = plan_radius(Xt, everyone, ref, radius, force=method == "projected")
     if chosen is not None:
         r, c, v = projected_radius(Xt, everyone, ref, radius, chosen, block_size=block_size)
+        v = v / scale
         if max_neighbors is not None:
             over = int((torch.bincount(r, minlength=n) > cap).sum())
             if over:
@@ -125,7 +134,7 @@ def radius_neighbors(
         logger.warning(
             "radius_neighbors: max_neighbors=%d truncated %d of %d rows", cap, truncated, n
         )
-    return _csr(torch.cat(rows_all), torch.cat(cols_all), torch.cat(vals_all), n)
+    return _csr(torch.cat(rows_all), torch.cat(cols_all), torch.cat(vals_all) / scale, n)
 
 
 _MAX_CANDIDATES_PER_ROW = 512  # beyond, measuring candidates costs more than the float64 product
@@ -154,7 +163,7 @@ def _screened_block(
     r, c = torch.nonzero(within, as_tuple=True)
     crow = torch.zeros(b + 1, dtype=torch.long, device=Qb.device)
     crow[1:] = torch.cumsum(counts, 0)
-    dist = refine_pairs(Qb, ref, crow, c)
+    dist = refine_pairs(Qb, ref, crow, c, radius=radius)
     keep = dist <= radius
     return r[keep], c[keep], dist[keep]
 
@@ -169,7 +178,8 @@ def _expansion_block(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs of the block within ``radius`` from the float64 expansion ``|q|^2 + |r|^2 - 2 q.r``
     on centred data (accurate to ~1e-16 of the squared norms); near-duplicate pairs, where that
-    is not enough, are re-measured directly (as in :func:`geomsae.neighbors.knn`)."""
+    is not enough, and pairs within the expansion's error of the radius are re-measured
+    directly (as in :func:`geomsae.neighbors.brute.refine_pairs`)."""
     b = Qb.shape[0]
     d2 = matmul(Qb, Xt.T).mul_(-2.0).add_(x_sq).add_(x_sq[start : start + b, None])
     rows = torch.arange(b, device=d2.device)
@@ -177,10 +187,12 @@ def _expansion_block(
     r, c = torch.nonzero(d2 <= radius**2 + slack, as_tuple=True)
     d2_rc = d2[r, c].clamp_min(0)
     del d2
-    close = d2_rc < REMEASURE_BELOW * (x_sq[start + r] + x_sq[c])
-    if bool(close.any()):
-        p = torch.nonzero(close).flatten()
-        d2_rc[p] = ((Xt[start + r[p]] - Xt[c[p]]) ** 2).sum(1)
+    scale = x_sq[start + r] + x_sq[c]
+    redo = d2_rc < REMEASURE_BELOW * scale
+    redo |= (d2_rc - radius**2).abs() <= pair_error(Xt.shape[1], scale)  # on the boundary
+    if bool(redo.any()):
+        p = torch.nonzero(redo).flatten()
+        d2_rc[p] = measure_directly(Qb, Xt, r[p], c[p])
     dist = torch.sqrt(d2_rc)
     keep = dist <= radius
     return r[keep], c[keep], dist[keep]

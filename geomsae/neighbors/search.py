@@ -13,7 +13,9 @@ from geomsae.neighbors.brute import (
     Reference,
     auto_screen_dtype,
     brute_knn,
+    power_of_two_scale,
     reduced_precision_safe,
+    row_sq,
 )
 from geomsae.neighbors.checks import as_indices, as_tensor, check_points
 from geomsae.neighbors.plan import plan
@@ -142,6 +144,11 @@ def knn(
             f"got {screen_dtype}"
         )
     ref = Reference.of(R)
+    scale = power_of_two_scale(ref.X, *([] if Y is None else [Q - ref.mu]))
+    if scale != 1.0:  # far from 1: out of float32's (or float64's) exponent range
+        logger.debug("knn: data scaled by 2^%d (exact)", round(np.log2(scale)))
+        Xs = ref.X * scale
+        ref, Q = Reference(Xs, ref.mu * scale, row_sq(Xs)), Q * scale
     if not reduced_precision_safe(ref, None if Y is None else Q):
         # norms beyond ~1e15: reduced-precision keys could overflow; float64 brute force only
         if method == "projected" or screen_dtype != torch.float64:
@@ -160,6 +167,8 @@ def knn(
         D, I = projected_knn(Q, qi, ref, k, chosen, block_size=block_size)
     else:
         D, I = brute_knn(Q, qi, ref, k, screen_dtype=screen_dtype, block_size=block_size)
+    if scale != 1.0:
+        D = D / scale  # a power of two: exact
     if like_torch:
         D, I = D.to(out_device), I.to(out_device)
         return Neighbors(D, I)

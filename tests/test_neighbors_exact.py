@@ -1,0 +1,144 @@
+"""Exactness at the edges of floating point: tiny and huge scales, pairs at exactly the radius,
+and ties between distinct points at the same distance (ordered by index)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from geomsae.neighbors import knn, radius_neighbors
+
+
+def _sklearn_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    d, i = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(X).kneighbors(X)
+    return d[:, 1:], i[:, 1:]
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-120, 1e-200, 1e160, 1e250])
+@pytest.mark.parametrize("n_features", [8, 80])
+@pytest.mark.parametrize("screen_dtype", [None, torch.float32, torch.float64])
+def test_knn_is_scale_equivariant_far_from_one(scale, n_features, screen_dtype):
+    """Scaling by any factor scales the distances and keeps the neighbours: no float32
+    underflow in the screens' error bounds, no float64 overflow of the squared norms."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, n_features))
+    ref = knn(X, 5, screen_dtype=screen_dtype)
+    got = knn(X * scale, 5, screen_dtype=screen_dtype)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    assert np.all(np.isfinite(got.distances))
+    np.testing.assert_allclose(got.distances, ref.distances * scale, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-200, 1e200])
+def test_knn_scales_with_queries_given_separately(scale):
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((300, 6)), rng.standard_normal((400, 6))
+    ref = knn(X, 4, Y=Y)
+    got = knn(X * scale, 4, Y=Y * scale)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    np.testing.assert_allclose(got.distances, ref.distances * scale, rtol=1e-12)
+
+
+def test_knn_tiny_scale_matches_sklearn():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 8)) * 1e-22
+    got = knn(X, 5)
+    d, i = _sklearn_knn(X / 1e-22, 5)
+    np.testing.assert_array_equal(got.indices, i)
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e-200, 1e200])
+@pytest.mark.parametrize("method", ["brute", "projected"])
+def test_radius_neighbors_scale_equivariant(scale, method):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2500, 40))
+    r = 7.0
+    ref = radius_neighbors(X, r, method=method)
+    got = radius_neighbors(X * scale, r * scale, method=method)
+    assert got.nnz == ref.nnz
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    np.testing.assert_allclose(got.data, ref.data * scale, rtol=1e-12)
+
+
+def test_radius_neighbors_tiny_scale_float32_screen():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 8))
+    ref = radius_neighbors(X, 3.0)
+    got = radius_neighbors(X * 1e-22, 3e-22)
+    assert got.nnz == ref.nnz
+
+
+_BOUNDARY = np.array(
+    [[37, 17, 49], [0, 12, 56], [27, 15, 5], [7, 52, -27], [40, 21, 61]], dtype=float
+)
+
+
+@pytest.mark.parametrize("method", ["brute", "projected"])
+def test_radius_keeps_pairs_at_exactly_the_radius(method):
+    """|x0 - x4| = sqrt(9 + 16 + 144) = 13 exactly; the expansion rounds it a few ulps above."""
+    assert np.sqrt(((_BOUNDARY[0] - _BOUNDARY[4]) ** 2).sum()) == 13.0
+    G = radius_neighbors(_BOUNDARY, 13.0, method=method)
+    assert list(G[0].indices) == [4]
+    assert G[0, 4] == 13.0
+
+
+def test_radius_boundary_on_an_integer_lattice():
+    """Every pair of an integer grid at an integer distance lies exactly on such a radius."""
+    g = np.arange(6.0)
+    X = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) * 7 + 100.0
+    for r in (7.0, 35.0, 49.0):
+        G = radius_neighbors(X, r)
+        D = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+        expected = (D <= r).sum() - len(X)
+        assert G.nnz == expected, r
+
+
+_TIES = np.array(
+    [
+        [458, 264, 87], [119, 870, -446], [631, 341, -995], [-212, 714, 108],
+        [-933, 529, 459], [470, 260, 90], [461, 268, 99],
+    ],
+    dtype=float,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("screen_dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_ties_between_distinct_points_go_by_index(screen_dtype):
+    """Points 5 and 6 are both exactly 13 from point 0."""
+    nb = knn(_TIES, 2, screen_dtype=screen_dtype)
+    assert list(nb.indices[0]) == [5, 6]
+    assert list(nb.distances[0]) == [13.0, 13.0]
+
+
+@pytest.mark.parametrize("screen_dtype", [None, torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [1, 4, 6, 10])
+def test_lattice_ties_go_by_index(screen_dtype, k):
+    """On a shifted integer lattice every row has many exact ties (also across the k-th
+    neighbour): the neighbours are the k first by (distance, index)."""
+    g = np.arange(7.0)
+    X = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) * 3 + 1000.0
+    nb = knn(X, k, screen_dtype=screen_dtype)
+    D = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(X)), D.shape), D), axis=1)[:, :k]
+    np.testing.assert_array_equal(nb.indices, order)
+    np.testing.assert_array_equal(nb.distances, np.take_along_axis(D, order, 1))
+
+
+def test_lattice_ties_projected():
+    rng = np.random.default_rng(0)
+    g = np.arange(4.0)
+    base = np.stack(np.meshgrid(g, g, g, g, indexing="ij"), -1).reshape(-1, 4) * 5
+    # embed the 4-d lattice isometrically in 40 dimensions by a signed coordinate permutation
+    X = np.zeros((len(base), 40))
+    cols = rng.choice(40, 4, replace=False)
+    X[:, cols] = base
+    X = np.concatenate([X, X + 1000.0])  # 512 points, ties everywhere
+    X = np.concatenate([X] * 1) + 0.0
+    nb = knn(X, 8, method="projected")
+    D = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(X)), D.shape), D), axis=1)[:, :8]
+    np.testing.assert_array_equal(nb.indices, order)
