@@ -131,8 +131,11 @@ def test_geometric_laplacian_formula_on_a_tiny_graph() -> None:
         laplacian_matrix(W, "nope")
     with pytest.raises(ValueError, match="square"):
         laplacian_matrix(np.ones((2, 3)))
-    with pytest.raises(ValueError, match="scaling_epps"):
-        laplacian_matrix(W, scaling_epps=-1.0)
+    for bad in (-1.0, 0.0, float("nan"), float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="scaling_epps"):
+            laplacian_matrix(W, scaling_epps=bad)
+        with pytest.raises(ValueError, match="scaling_epps"):
+            laplacian_spectrum(W, 1, scaling_epps=bad)
 
 
 def test_circle_spectrum_is_k_squared() -> None:

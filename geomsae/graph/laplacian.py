@@ -135,9 +135,7 @@ def laplacian_matrix(
     W = _check_affinity(affinity, symmetrize)
     L = LAPLACIANS[method](W, renormalization_exponent)
     if scaling_epps is not None:
-        if not (np.isfinite(scaling_epps) and scaling_epps > 0):
-            raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
-        L = L * (4.0 / scaling_epps**2)
+        L = L * _epps_factor(scaling_epps)
     L.sort_indices()
     return L
 
@@ -176,6 +174,7 @@ def laplacian_spectrum(
     """
     if method not in LAPLACIANS:
         raise ValueError(f"method must be one of {sorted(LAPLACIANS)}; got {method!r}")
+    factor = 1.0 if scaling_epps is None else _epps_factor(scaling_epps)
     W = _check_affinity(affinity, True)
     n = W.shape[0]
     if not 1 <= n_eigenvalues < n:
@@ -203,6 +202,13 @@ def laplacian_spectrum(
     if back is not None:
         vecs = vecs * back[:, None]
         vecs /= np.linalg.norm(vecs, axis=0, keepdims=True)
-    if scaling_epps is not None:
-        vals = vals * (4.0 / scaling_epps**2)
-    return Spectrum(vals, vecs)
+    return Spectrum(vals * factor, vecs)
+
+
+def _epps_factor(scaling_epps: float) -> float:
+    """``4 / scaling_epps^2``, after checking that ``scaling_epps`` is a finite number > 0."""
+    if not (isinstance(scaling_epps, (int, float, np.number)) and np.isfinite(scaling_epps)):
+        raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
+    if scaling_epps <= 0:
+        raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
+    return 4.0 / float(scaling_epps) ** 2
