@@ -143,7 +143,7 @@ SCALE_RANGE = (2.0**-40, 2.0**40)
 (:func:`power_of_two_scale`) before a search."""
 
 
-def power_of_two_scale(*centred: torch.Tensor) -> float:
+def power_of_two_scale(*centred: torch.Tensor, sq: list[torch.Tensor] | None = None) -> float:
     """1.0, or the power of two ``s`` that brings the largest norm of the centred rows into
     [0.5, 1) when it lies outside :data:`SCALE_RANGE`.
 
@@ -151,9 +151,12 @@ def power_of_two_scale(*centred: torch.Tensor) -> float:
     float32 screens' squares underflow (their rounding bounds are relative), beyond ~1e154
     float64 squared norms overflow. Scaling by a power of two is exact (short of subnormals)
     and commutes with every rounding, so the search on ``s X`` returns exactly ``s`` times the
-    distances (and the same neighbours) that it would without exponent limits.
+    distances (and the same neighbours) that it would without exponent limits. ``sq``: the
+    rows' squared norms of each tensor, if known.
     """
-    sq = [row_sq(t) for t in centred if t.numel()]
+    if sq is None:
+        sq = [row_sq(t) for t in centred]
+    sq = [q for q in sq if q.numel()]
     if not sq:
         return 1.0
     top = math.sqrt(max(float(q.max()) for q in sq))
@@ -353,7 +356,11 @@ def sort_rows(dist: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def sort_settled(
-    Qc: torch.Tensor, ref: Reference, dist: torch.Tensor, idx: torch.Tensor
+    Qc: torch.Tensor,
+    ref: Reference,
+    dist: torch.Tensor,
+    idx: torch.Tensor,
+    err: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sort_rows`, with near-ties settled on directly measured distances.
 
@@ -362,14 +369,17 @@ def sort_settled(
     are: equal distances to distinct points would go by rounding noise instead of by index.
     The members of such runs (in each sorted row, neighbours closer than twice the error) are
     measured directly and the rows sorted again; nothing outside a run can change places with
-    it. Entries that are +inf (excluded or padding) are left alone.
+    it. Entries that are +inf (excluded or padding) are left alone. ``err``: the rows'
+    :func:`expansion_error`, if already computed.
     """
     dist, idx = sort_rows(dist, idx)
     if dist.shape[1] < 2 or dist.shape[0] == 0:
         return dist, idx
     d2 = dist * dist
     gap = d2[:, 1:] - d2[:, :-1]  # nan where both are inf: not a run
-    run = (gap <= 2 * expansion_error(Qc, ref)[:, None]) & (d2[:, 1:] > 0)  # 0s are direct
+    if err is None:
+        err = expansion_error(Qc, ref)
+    run = (gap <= 2 * err[:, None]) & (d2[:, 1:] > 0)  # 0s are measured directly already
     if not bool(run.any()):
         return dist, idx
     mark = torch.zeros_like(dist, dtype=torch.bool)
@@ -591,6 +601,7 @@ def refine_progressively(
     cand: torch.Tensor,
     bound: torch.Tensor,
     k: int,
+    err: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact distances of the candidates that can matter; +inf for those that provably cannot.
 
@@ -599,6 +610,7 @@ def refine_progressively(
     distance ``u`` (plus the float64 expansion's error, :func:`expansion_error`) bounds the
     k-th neighbour's from above, so a candidate whose lower bound (less its rounding bound)
     exceeds ``u`` cannot be among the k nearest, nor tie with the k-th, and is not measured.
+    ``err``: the rows' :func:`expansion_error`, if already computed.
     """
     b, c = cand.shape
     if c <= k:
@@ -607,7 +619,9 @@ def refine_progressively(
     head = _select(lb, k)[1]
     exact = torch.full((b, c), math.inf, dtype=torch.float64, device=Qc.device)
     exact.scatter_(1, head, refine(Qc, ref, cand.gather(1, head)))
-    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2 + expansion_error(Qc, ref)
+    if err is None:
+        err = expansion_error(Qc, ref)
+    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2 + err
     todo = exact.isinf() & (lb <= u2[:, None])  # u2: the measured k-th plus its error
     if bool(todo.any()):
         crow = torch.zeros(b + 1, dtype=torch.long, device=Qc.device)
@@ -642,21 +656,20 @@ def _knn_block(
     if dtype != torch.float64 and n_cand >= k and grouped.fits(ref.n, n_cand):
         q_sq = row_sq(Qc)
         keys, cols, T = grouped.screen_groups(screen, Qc, self_b, q_sq, n_cand)
-        bound = screen.error_bound(q_sq)
-        return grouped.grouped_knn(Qc, ref, keys, cols, T, q_sq, bound, k, n_cand, self_b)
+        bound, err = screen.error_bound(q_sq), expansion_error(Qc, ref, q_sq)
+        return grouped.grouped_knn(Qc, ref, keys, cols, T, q_sq, bound, k, n_cand, self_b, err)
     vals, cand = screen.nearest(Qc, self_b, n_cand)
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only
         # near-duplicates, where that is not enough, are re-measured directly
-        exact, cand = sort_settled(
-            Qc, ref, exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b), cand
-        )
+        err = expansion_error(Qc, ref)  # of the (k+1)-th value and of the k-th distance
+        exact = exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b)
+        exact, cand = sort_settled(Qc, ref, exact, cand, err)
         if n_cand >= ref.n - (self_b is not None):
             return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
         # the (k+1)-th expansion value, less its rounding bound, must exceed the k-th distance:
         # else a point outside may tie with it, and ties go by index (rows with ties at the
         # k-th distance: every point within the bound of it is measured)
-        err = expansion_error(Qc, ref)  # of the (k+1)-th value and of the k-th distance
         tied = torch.nonzero(exact[:, k - 1] ** 2 >= vals.max(1).values - 2 * err).flatten()
         if tied.numel():
             sb = None if self_b is None else self_b[tied]
@@ -665,22 +678,25 @@ def _knn_block(
             exact, cand = exact[:, :k].clone(), cand[:, :k].clone()
             exact[tied], cand[tied] = e, c
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
-    else:
-        bound = screen.error_bound(row_sq(Qc))
-        exact = refine_progressively(Qc, ref, vals, cand, bound, k)
-    exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand)
+    q_sq = row_sq(Qc)
+    bound = screen.error_bound(q_sq)
+    err = expansion_error(Qc, ref, q_sq)
+    exact = refine_progressively(Qc, ref, vals, cand, bound, k, err)
+    exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand, err)
     if n_cand >= ref.n - (self_b is not None):
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
     # the k-th distance may be measured up to the expansion's error below the exact one
-    ok = exact[:, k - 1] ** 2 + expansion_error(Qc, ref) < vals.max(1).values - bound
+    ok = exact[:, k - 1] ** 2 + err < vals.max(1).values - bound
     return exact, cand, ok
 
 
-def expansion_error(Qc: torch.Tensor, ref: Reference) -> torch.Tensor:
+def expansion_error(
+    Qc: torch.Tensor, ref: Reference, q_sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-row bound on the float64 expansion's error, ``4 (D + 2) eps (|q|^2 + max |r|^2)``
-    (:func:`pair_error` at the row's largest scale)."""
+    (:func:`pair_error` at the row's largest scale); ``q_sq``: ``row_sq(Qc)`` if known."""
     r_max = float(ref.sq.max()) if ref.n else 0.0
-    return pair_error(Qc.shape[1], row_sq(Qc) + r_max)
+    return pair_error(Qc.shape[1], (row_sq(Qc) if q_sq is None else q_sq) + r_max)
 
 
 def _within(

@@ -131,12 +131,13 @@ def _search(
                 for i in range(0, Zq.shape[0], sub)
             ]
             vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            exact = refine_progressively(Qc, ref, vals, cand, bound, k)
-            exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand)
+            err = expansion_error(Qc, ref)
+            exact = refine_progressively(Qc, ref, vals, cand, bound, k, err)
+            exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand, err)
             if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
                 oks.append(torch.ones(Qc.shape[0], dtype=torch.bool, device=Qc.device))
             else:  # the k-th distance is measured up to the float64 expansion's error
-                kth = exact[:, k - 1] ** 2 + expansion_error(Qc, ref)
+                kth = exact[:, k - 1] ** 2 + err
                 oks.append(kth < vals.max(1).values.double() - bound)
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])

@@ -77,10 +77,11 @@ def radius_neighbors(
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     Xt = as_tensor(X, device).detach()  # the search is not differentiable
     Xt = Xt - grid_mean(Xt)  # translation-invariant; keeps the expansion's rounding error small
-    scale = power_of_two_scale(Xt)  # exact; keeps float32 and float64 in their exponent range
+    x_sq = row_sq(Xt)
+    scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
     if scale != 1.0:
         Xt.mul_(scale)
-        radius = radius * scale
+        radius, x_sq = radius * scale, row_sq(Xt)
     n = Xt.shape[0]
     if max_neighbors is not None and (max_neighbors < 1):
         raise ValueError(f"max_neighbors must be >= 1; got {max_neighbors!r}")
@@ -88,7 +89,6 @@ def radius_neighbors(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     chosen = None
-    x_sq = row_sq(Xt)
     # norms beyond ~1e15 could overflow the reduced-precision keys: float64 brute force only
     safe = n == 0 or float(x_sq.max()) <= FLOAT32_SAFE_SQ
     if safe and (

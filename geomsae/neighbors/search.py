@@ -144,7 +144,9 @@ def knn(
             f"got {screen_dtype}"
         )
     ref = Reference.of(R)
-    scale = power_of_two_scale(ref.X, *([] if Y is None else [Q - ref.mu]))
+    centred = [ref.X] if Y is None else [ref.X, Q - ref.mu]
+    scale = power_of_two_scale(*centred, sq=[ref.sq, *(row_sq(t) for t in centred[1:])])
+    del centred
     if scale != 1.0:  # far from 1: out of float32's (or float64's) exponent range
         logger.debug("knn: data scaled by 2^%d (exact)", round(np.log2(scale)))
         Xs = ref.X * scale
