@@ -380,3 +380,38 @@ def test_plateau_rule_picks_the_flat_part():
         np.zeros(6), np.zeros(6), 0.9, 0, 100,
     )  # fmt: skip
     assert c.choose(window=3) == pytest.approx((5.1 + 5.0 + 5.05) / 3)
+
+
+@pytest.mark.parametrize("rule", ["fo", "gap", "variance", "participation_ratio"])
+@pytest.mark.parametrize("n_features", [10, 100])
+@pytest.mark.parametrize("shift, scale", [(1e4, 1.0), (1e7, 1.0), (0.0, 1e20), (0.0, 1e-25)])
+def test_pointwise_local_pca_float32_translation_and_scale(rule, n_features, shift, scale):
+    """float32 neighbourhoods are formed after centring and a power-of-two scaling in float64:
+    far offsets and extreme scales give the float64 answer (before: 11.8 instead of 3 at an
+    offset of 1e4 with the gap rule, NaN, or a LinAlgError from an overflowing Gram)."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((n_features, 3)))[0]
+    X = rng.standard_normal((600, 3)) @ basis.T
+    ref = gd.LocalPCA(rule, dtype=torch.float64).fit_pointwise(X, n_neighbors=20).dimension_pw_
+    got = gd.LocalPCA(rule).fit_pointwise(X * scale + shift, n_neighbors=20).dimension_pw_
+    if rule == "participation_ratio":
+        np.testing.assert_allclose(got, ref, rtol=1e-4)
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("rule", ["fo", "gap", "variance", "participation_ratio"])
+def test_local_pca_flat_neighbourhoods_have_dimension_zero(rule):
+    from geomsae.dimension.lpca import dimension_from_eigenvalues
+
+    lam = torch.tensor([[0.0, 0.0, 0.0], [2.0, 1.0, 0.0]], dtype=torch.float64)
+    got = dimension_from_eigenvalues(lam, rule)
+    assert got[0] == 0.0 and got[1] > 0
+    X = np.repeat(np.random.default_rng(0).standard_normal((20, 4)), 10, axis=0)
+    pw = gd.LocalPCA(rule).fit_pointwise(X, n_neighbors=5).dimension_pw_
+    np.testing.assert_array_equal(pw, 0.0)
+
+
+def test_local_pca_accepts_tensors_that_require_grad():
+    X = torch.randn(300, 5, dtype=torch.float64, requires_grad=True)
+    assert gd.LocalPCA().fit(X).dimension_ == gd.LocalPCA().fit(X.detach()).dimension_

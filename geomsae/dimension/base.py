@@ -75,7 +75,7 @@ def prepare_points(
                 )
             kept = np.flatnonzero(~dup)
             logger.info("dropping %d duplicate points of %d", int(dup.sum()), len(dup))
-    Xt = as_tensor(X)
+    Xt = as_tensor(X).detach()  # the estimates are not differentiable
     if kept is not None:
         Xt = Xt[torch.as_tensor(kept, device=Xt.device)]
     if Xt.shape[0] < min_samples:

@@ -21,6 +21,7 @@ undershoots at high dimension when neighbourhoods are small.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -38,9 +39,17 @@ _RULES = ("fo", "variance", "gap", "participation_ratio")
 
 
 def dimension_from_eigenvalues(
-    eigenvalues: torch.Tensor, rule: str = "fo", *, alpha: float = 0.05, variance: float = 0.95
+    eigenvalues: torch.Tensor,
+    rule: str = "fo",
+    *,
+    alpha: float = 0.05,
+    variance: float = 0.95,
+    rtol: float = 1e-12,
 ) -> torch.Tensor:
     """Apply a counting rule to each row of descending, non-negative eigenvalues.
+
+    A row whose largest eigenvalue is 0 (all points of the neighbourhood identical) has
+    dimension 0 under every rule.
 
     Parameters
     ----------
@@ -50,12 +59,26 @@ def dimension_from_eigenvalues(
         Fukunaga-Olsen threshold (fraction of the largest eigenvalue).
     variance : float
         Fraction of the variance to explain for ``"variance"``.
+    rtol : float
+        ``"gap"``: eigenvalues below ``rtol * l_1`` are taken as zero (their ratios are
+        rounding noise); pass about ``m * eps`` of the precision they were computed in.
 
     Returns
     -------
     tensor of shape (n_batches,), float64 (integer-valued except for ``participation_ratio``)
     """
     lam = eigenvalues.clamp_min(0)
+    flat = lam[:, 0] <= 0 if lam.shape[1] else torch.ones(0, dtype=torch.bool)
+    if bool(flat.any()):
+        out = torch.zeros(lam.shape[0], dtype=torch.float64, device=lam.device)
+        live = torch.nonzero(~flat).flatten()
+        if live.numel():
+            out[live] = dimension_from_eigenvalues(
+                lam[live], rule, alpha=alpha, variance=variance, rtol=rtol
+            )
+        elif rule not in _RULES:
+            raise ValueError(f"rule must be one of {_RULES}; got {rule!r}")
+        return out
     if rule == "fo":
         return (lam > alpha * lam[:, :1]).sum(1).to(torch.float64)
     if rule == "variance":
@@ -65,7 +88,7 @@ def dimension_from_eigenvalues(
         if lam.shape[1] < 2:
             return torch.ones(lam.shape[0], dtype=torch.float64, device=lam.device)
         # a floor keeps exactly-flat data finite: the gap to a numerical zero is then the largest
-        floor = lam[:, :1] * 1e-12 + torch.finfo(torch.float64).tiny
+        floor = lam[:, :1] * rtol + torch.finfo(torch.float64).tiny
         lam = torch.maximum(lam, floor)
         return 1.0 + torch.argmax(lam[:, :-1] / lam[:, 1:], dim=1).to(torch.float64)
     if rule == "participation_ratio":
@@ -109,7 +132,7 @@ def local_eigenvalues(
     if block_size is None:
         # ~256 neighbourhoods: the gathered block stays in cache for its product (~25% faster)
         block_size = max(1, min(256, DEFAULT_MEMORY_BYTES // (item * (2 * m * D + 2 * r * r))))
-    Xd = X.to(dtype)
+    Xd, scale = working_copy(X, dtype)
     centre = torch.eye(m, dtype=dtype, device=X.device) - 1.0 / m  # I - 11^T / m
     out = []
     for start in range(0, n_q, block_size):
@@ -123,7 +146,27 @@ def local_eigenvalues(
             Yc = Y - Y.mean(1, keepdim=True)
             G = Yc.transpose(1, 2) @ Yc
         out.append(torch.linalg.eigvalsh(G / (m - 1)).flip(-1).to(torch.float64))
-    return torch.cat(out)
+    return torch.cat(out) / scale**2
+
+
+def working_copy(X: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """``X`` in ``dtype`` for local covariances, and the factor ``s`` it was scaled by.
+
+    In a narrower precision than ``X``'s, the points are first centred and scaled by a power
+    of two ``s`` (largest norm in [0.5, 1)) in ``X``'s own precision: rounding absolute
+    coordinates far from the origin to float32 would lose the neighbourhoods' digits (an
+    offset of 1e4 left local PCA's counts wrong on half the points), and squares of very
+    large or small coordinates would overflow or underflow float32. Covariances of the copy
+    are ``s^2`` times those of ``X``.
+    """
+    if torch.finfo(dtype).bits >= torch.finfo(X.dtype).bits or X.shape[0] == 0:
+        return X.to(dtype), 1.0
+    Xc = X - X.mean(0)
+    top = float(torch.sqrt((Xc * Xc).sum(1).max()))
+    if top == 0.0 or not np.isfinite(top):
+        return Xc.to(dtype), 1.0
+    scale = math.ldexp(1.0, -math.frexp(top)[1])
+    return Xc.mul_(scale).to(dtype), scale
 
 
 _BF16_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
@@ -349,8 +392,13 @@ class LocalPCA(IDEstimator):
         if not 0 < self.alpha < 1 or not 0 < self.variance <= 1:
             raise ValueError("need 0 < alpha < 1 and 0 < variance <= 1")
 
-    def _count(self, lam: torch.Tensor) -> torch.Tensor:
-        return dimension_from_eigenvalues(lam, self.rule, alpha=self.alpha, variance=self.variance)
+    def _count(self, lam: torch.Tensor, m: int = 0) -> torch.Tensor:
+        """The rule's counts; ``m``: the points per neighbourhood (pointwise, for the
+        ``"gap"`` rule's noise floor, ``m`` eps of the working precision)."""
+        rtol = max(1e-12, m * torch.finfo(self.dtype).eps)
+        return dimension_from_eigenvalues(
+            lam, self.rule, alpha=self.alpha, variance=self.variance, rtol=rtol
+        )
 
     def _global(self, X: torch.Tensor) -> float:
         self._check()
@@ -392,7 +440,7 @@ class LocalPCA(IDEstimator):
             and hood.shape[1] <= X.shape[1]
         ):
             return self._bf16_pointwise(X, hood)
-        return self._count(local_eigenvalues(X, hood, dtype=self.dtype))
+        return self._count(local_eigenvalues(X, hood, dtype=self.dtype), hood.shape[1])
 
     def _bf16_pointwise(self, X: torch.Tensor, hood: torch.Tensor) -> torch.Tensor:
         """Counts from certified bfloat16 Grams, the uncertified rows redone in float32.
@@ -405,7 +453,7 @@ class LocalPCA(IDEstimator):
         ``_RITZ_SLOWER`` times the trial's ``eigvalsh`` per row (LAPACK's speed at this size
         varies 2x between CPUs). Certified counts are exact whichever test proved them.
         """
-        X32 = X.float()
+        X32, _ = working_copy(X, torch.float32)  # counts do not depend on the scale
         n, m = hood.shape
         D = X.shape[1]
         out = torch.empty(n, dtype=torch.float64, device=X.device)
