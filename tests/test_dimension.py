@@ -415,3 +415,25 @@ def test_local_pca_flat_neighbourhoods_have_dimension_zero(rule):
 def test_local_pca_accepts_tensors_that_require_grad():
     X = torch.randn(300, 5, dtype=torch.float64, requires_grad=True)
     assert gd.LocalPCA().fit(X).dimension_ == gd.LocalPCA().fit(X.detach()).dimension_
+
+
+@pytest.mark.parametrize("ver", ["MLk", "MLi"])
+def test_mind_ml_leaves_tied_ratios_out(ver, caplog):
+    """A point with r_1 = r_(k+1) has likelihood 0 for k > 1; before, 30 such points made the
+    global estimate 1e-06 (MLi: 1)."""
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.standard_normal((1000, 3)), np.zeros((1000, 27))]
+    XS = np.r_[X, 100 + 0.01 * np.eye(30)]  # 30 far-away, mutually equidistant points
+    clean = gd.MiNDML(ver=ver).fit(X).dimension_
+    with caplog.at_level("WARNING"):
+        tied = gd.MiNDML(ver=ver).fit(XS).dimension_
+    assert "left out of the likelihood" in caplog.text
+    assert abs(tied - clean) < 0.05
+    pw = gd.MiNDML(ver=ver).fit_pointwise(XS, n_neighbors=20).dimension_pw_
+    assert np.all(np.isfinite(pw[:1000]))
+
+
+def test_mind_ml_all_tied_raises():
+    """The vertices of a regular simplex: every pair at the same distance, every ratio 1."""
+    with pytest.raises(ValueError, match="fewer than 2 are left"):
+        gd.MiNDML(k=5).fit(np.eye(30))

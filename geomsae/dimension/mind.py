@@ -17,14 +17,18 @@ nearest neighbours.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import torch
 
-from geomsae.dimension.base import IDEstimator, check_n_neighbors
+from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator, check_n_neighbors
 from geomsae.neighbors import knn
 
 __all__ = ["MiNDML", "mind_ml", "mind_ml_from_log_rho"]
+
+logger = logging.getLogger(__name__)
 
 _VERSIONS = ("MLk", "MLi")
 
@@ -46,27 +50,33 @@ def mind_ml_from_log_rho(
     Returns
     -------
     tensor of shape (n_batches,)
+        Ratios that the likelihood cannot use (:func:`unusable`: ties ``r_1 = r_(k+1)`` for
+        k > 1, and ``r_1 = 0``) are left out; NaN for rows with none left.
     """
     if ver not in _VERSIONS:
         raise ValueError(f"ver must be one of {_VERSIONS}; got {ver!r}")
-    N = log_rho.shape[1]
-    sum_l = log_rho.sum(1)
+    w = unusable(log_rho, k).logical_not_().to(log_rho.dtype)
+    log_rho = log_rho.masked_fill(w == 0, -1.0)  # any negative value: weight 0
+    N = w.sum(1)
+    sum_l = (w * log_rho).sum(1)
     if ver == "MLi":
         # one candidate dimension at a time keeps memory at O(n_batches * m)
-        ll = torch.stack(
-            [
-                N * torch.log(torch.tensor(float(k * d)))
-                + (d - 1) * sum_l
-                + (k - 1) * torch.log(-torch.expm1(d * log_rho)).sum(1)
-                for d in range(1, max_dim + 1)
-            ],
-            dim=1,
-        )  # (n_batches, max_dim)
-        return 1.0 + torch.argmax(ll, dim=1).to(log_rho.dtype)
+        def ll_at(d: int) -> torch.Tensor:
+            ll = N * math.log(k * d) + (d - 1) * sum_l
+            if k > 1:
+                ll = ll + (k - 1) * (w * torch.log(-torch.expm1(d * log_rho))).sum(1)
+            return ll
+
+        ll = torch.stack([ll_at(d) for d in range(1, max_dim + 1)], dim=1)
+        est = 1.0 + torch.argmax(ll, dim=1).to(log_rho.dtype)
+        return est.masked_fill(N == 0, math.nan)
 
     def grad(d: torch.Tensor) -> torch.Tensor:
+        if k == 1:
+            return N / d + sum_l
         e = torch.exp(d[:, None] * log_rho)  # rho^d
-        return N / d + sum_l - (k - 1) * (e * log_rho / -torch.expm1(d[:, None] * log_rho)).sum(1)
+        tail = (w * e * log_rho / -torch.expm1(d[:, None] * log_rho)).sum(1)
+        return N / d + sum_l - (k - 1) * tail
 
     lo = torch.full_like(sum_l, 1e-6)
     hi = torch.full_like(sum_l, float(max_dim))
@@ -75,7 +85,18 @@ def mind_ml_from_log_rho(
         mid = torch.sqrt(lo * hi)
         pos = grad(mid) > 0
         lo, hi = torch.where(pos, mid, lo), torch.where(pos, hi, mid)
-    return torch.where(at_cap, torch.full_like(lo, float(max_dim)), torch.sqrt(lo * hi))
+    est = torch.where(at_cap, torch.full_like(lo, float(max_dim)), torch.sqrt(lo * hi))
+    return est.masked_fill(N == 0, math.nan)
+
+
+def unusable(log_rho: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ratios the likelihood cannot use: ``r_1 = r_(k+1)`` (``rho = 1``, within
+    :data:`TIED_LOG_RATIO`; its density is 0 for k > 1, so one such point would make the
+    likelihood -inf everywhere) and ``r_1 = 0`` (duplicates: ``log rho = -inf``)."""
+    bad = ~torch.isfinite(log_rho)
+    if k > 1:
+        bad |= log_rho >= -TIED_LOG_RATIO
+    return bad
 
 
 class MiNDML(IDEstimator):
@@ -115,6 +136,19 @@ class MiNDML(IDEstimator):
 
     def _global(self, X: torch.Tensor) -> float:
         log_rho, _, k = self._log_rho(X)
+        bad = int(unusable(log_rho, k).sum())
+        if bad:
+            if len(log_rho) - bad < 2:
+                raise ValueError(
+                    f"MiND-ML: {bad} of {len(log_rho)} points have r_1 = r_{k + 1} or r_1 = 0 "
+                    "(tied or duplicate distances: discrete data?); fewer than 2 are left. "
+                    "Use a larger k, deduplicate, or add a little noise."
+                )
+            logger.warning(
+                "MiND-ML: %d of %d points have r_1 = r_%d or r_1 = 0 (tied or duplicate "
+                "distances: discrete data?); they are left out of the likelihood",
+                bad, len(log_rho), k + 1,
+            )  # fmt: skip
         return float(mind_ml_from_log_rho(log_rho[None], k, self._max_dim(X), self.ver)[0])
 
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
