@@ -437,3 +437,25 @@ def test_mind_ml_all_tied_raises():
     """The vertices of a regular simplex: every pair at the same distance, every ratio 1."""
     with pytest.raises(ValueError, match="fewer than 2 are left"):
         gd.MiNDML(k=5).fit(np.eye(30))
+
+
+def test_scale_curve_choose_skips_undefined_scales(caplog):
+    g = np.stack(np.meshgrid(np.arange(40.0), np.arange(40.0)), -1).reshape(-1, 2)
+    with caplog.at_level("WARNING"):
+        c = gd.id_scale_curve(g, n_bootstrap=5)
+    assert np.isnan(c.dimension[0]) and "undefined" in caplog.text
+    chosen = c.choose()
+    assert np.isfinite(chosen) and 1.5 < chosen < 2.5
+    assert np.isfinite(c.choose(window=1))
+
+
+def test_mle_ties_and_unbiased_k2():
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.standard_normal((1000, 3)), np.zeros((1000, 27))]
+    XS = np.r_[X, 100 + 0.01 * np.eye(30)]  # 30 points with r_1 = ... = r_k
+    assert np.isfinite(gd.MLE(aggregate="mean").fit(XS).dimension_)
+    assert abs(gd.MLE().fit(XS).dimension_ - gd.MLE().fit(X).dimension_) < 0.02
+    with pytest.raises(ValueError, match="n_neighbors >= 3"):
+        gd.MLE(2, unbiased=True).fit(X)
+    with pytest.raises(ValueError, match="tied"):
+        gd.MLE(5).fit(np.eye(30))

@@ -19,12 +19,15 @@ intrinsic dimension' by E. Levina and P. Bickel.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from geomsae.dimension.base import IDEstimator, check_n_neighbors, median
 from geomsae.neighbors import knn
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MLE", "mle", "mle_pointwise_from_distances"]
 
@@ -99,13 +102,30 @@ class MLE(IDEstimator):
         self.on_duplicates = on_duplicates
 
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
+        if self.unbiased and n_neighbors < 3:
+            raise ValueError(
+                f"unbiased=True uses k - 2 and needs n_neighbors >= 3; got {n_neighbors}"
+            )
         return mle_pointwise_from_distances(knn(X, n_neighbors).distances, unbiased=self.unbiased)
 
     def _global(self, X: torch.Tensor) -> float:
         if self.aggregate not in _AGGREGATES:
             raise ValueError(f"aggregate must be one of {_AGGREGATES}; got {self.aggregate!r}")
         k = check_n_neighbors(self.n_neighbors, X.shape[0])
-        return aggregate(self._pointwise(X, k), self.aggregate)
+        pw = self._pointwise(X, k)
+        tied = ~torch.isfinite(pw)  # r_1 = ... = r_k: the log-ratio sum is 0
+        if bool(tied.any()):
+            if bool(tied.all()):
+                raise ValueError(
+                    f"MLE: every point has r_1 = r_{k} (tied distances: discrete data?); "
+                    "use a larger n_neighbors or add a little noise"
+                )
+            logger.warning(
+                "MLE: %d of %d points have r_1 = r_%d (tied distances: discrete data?); "
+                "they are left out of the aggregate", int(tied.sum()), len(pw), k,
+            )  # fmt: skip
+            pw = pw[~tied]
+        return aggregate(pw, self.aggregate)
 
 
 def mle(X: Any, n_neighbors: int = 20, **params: Any) -> float:

@@ -22,6 +22,7 @@ estimate is stable, which is where neither noise nor curvature dominates.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ import torch
 from geomsae.dimension.base import prepare_points
 from geomsae.dimension.gride import gride_mle, usable
 from geomsae.neighbors import knn
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IDScaleCurve", "id_scale_curve", "plot_id_scale_curve"]
 
@@ -50,7 +53,8 @@ class IDScaleCurve:
     radius : ndarray of shape (n_scales,)
         Mean distance to the farthest neighbour used at each scale (a length scale).
     dimension : ndarray of shape (n_scales,)
-        Point estimate at each scale.
+        Point estimate at each scale; NaN where it is undefined (GRIDE with fewer than 2
+        untied ratios at that scale, e.g. on a lattice at its smallest scales; logged).
     ci_low, ci_high : ndarray of shape (n_scales,)
         Bootstrap percentile interval at level ``confidence``.
     confidence : float
@@ -78,12 +82,21 @@ class IDScaleCurve:
         Parameters
         ----------
         window : int
-            Number of consecutive scales compared (clipped to the number of scales).
+            Number of consecutive scales compared (clipped to the number of scales). Windows
+        with an undefined (NaN) estimate are skipped; a ValueError if every window has one.
         """
         d = self.dimension
         w = int(min(max(window, 1), len(d)))
         spans = np.lib.stride_tricks.sliding_window_view(d, w)  # (n_scales - w + 1, w)
-        spread = (spans.max(1) - spans.min(1)) / spans.mean(1)
+        finite = np.isfinite(spans).all(1)  # scales where the estimate is undefined: skipped
+        if not finite.any():
+            raise ValueError(
+                f"no {w} consecutive scales have a finite estimate (dimension: {d}); "
+                "use a smaller window or larger scales (ties: discrete data?)"
+            )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = (spans.max(1) - spans.min(1)) / spans.mean(1)
+        spread = np.where(finite, spread, np.inf)
         best = int(np.argmin(spread))  # argmin returns the first (smallest-scale) minimiser
         return float(spans[best].mean())
 
@@ -181,6 +194,12 @@ def id_scale_curve(
             b = np.quantile(boot.cpu().numpy(), q)
             lo.append(float(b[0]))
             hi.append(float(b[1]))
+    undefined = [int(v) for v, e in zip(sc, est) if not np.isfinite(e)]
+    if undefined:
+        logger.warning(
+            "id_scale_curve: the %s estimate is undefined (NaN) at scales %s: tied distances "
+            "(discrete data?)", estimator, undefined,
+        )  # fmt: skip
     return IDScaleCurve(
         estimator=estimator,
         scales=sc.astype(float),
