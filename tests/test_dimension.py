@@ -459,3 +459,11 @@ def test_mle_ties_and_unbiased_k2():
         gd.MLE(2, unbiased=True).fit(X)
     with pytest.raises(ValueError, match="tied"):
         gd.MLE(5).fit(np.eye(30))
+
+
+@pytest.mark.parametrize("name", ["TwoNN", "GRIDE"])
+def test_pointwise_all_undefined_raises(name):
+    """On a square lattice every r_2 / r_1 is 1 (before: 900 NaNs without a word)."""
+    g = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0)), -1).reshape(-1, 2)
+    with pytest.raises(ValueError, match="undefined"):
+        getattr(gd, name)().fit_pointwise(g, n_neighbors=10)

@@ -145,11 +145,26 @@ class IDEstimator(BaseEstimator):
         """Estimate the dimension around every point from its ``n_neighbors`` nearest neighbours.
 
         Returns ``self``; the estimates are ``self.dimension_pw_``, an array of shape (n_kept,).
+        Points where the estimate is undefined (NaN: e.g. every ratio in the neighbourhood
+        tied, on discrete data) are counted in a logged warning; a ValueError if all are.
         """
         Xt = self._prepare(X)
         k = check_n_neighbors(n_neighbors, Xt.shape[0], minimum=self._min_neighbors)
         self.n_neighbors_ = k
-        self.dimension_pw_ = self._pointwise(Xt, k).detach().cpu().numpy().astype(np.float64)
+        pw = self._pointwise(Xt, k).detach().cpu().numpy().astype(np.float64)
+        undefined = int(np.isnan(pw).sum())
+        if undefined and undefined == len(pw):
+            raise ValueError(
+                f"{type(self).__name__}: the pointwise estimate is undefined (NaN) at every "
+                "point: tied neighbour distances (discrete data?); use a larger n_neighbors "
+                "or add a little noise"
+            )
+        if undefined:
+            logger.warning(
+                "%s: the pointwise estimate is undefined (NaN) at %d of %d points (tied "
+                "neighbour distances)", type(self).__name__, undefined, len(pw),
+            )  # fmt: skip
+        self.dimension_pw_ = pw
         return self
 
     def fit_predict(self, X: Any, y: Any = None) -> float:
