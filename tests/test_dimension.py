@@ -467,3 +467,17 @@ def test_pointwise_all_undefined_raises(name):
     g = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0)), -1).reshape(-1, 2)
     with pytest.raises(ValueError, match="undefined"):
         getattr(gd, name)().fit_pointwise(g, n_neighbors=10)
+
+
+def test_gride_ranks_accept_numpy_integers_not_bools():
+    X = np.random.default_rng(0).standard_normal((300, 3))
+    assert gd.GRIDE(np.int64(2)).fit(X).dimension_ == gd.GRIDE(2).fit(X).dimension_
+    with pytest.raises(ValueError, match="integers"):
+        gd.GRIDE(True, 2).fit(X)
+
+
+def test_complex_points_are_refused():
+    Z = np.random.default_rng(0).standard_normal((50, 3)) * (1 + 1j)
+    for X in (Z, torch.from_numpy(Z)):
+        with pytest.raises(TypeError, match="complex"):
+            gd.TwoNN().fit(X)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -35,9 +36,10 @@ __all__ = ["GRIDE", "gride", "gride_mle", "usable"]
 
 def _check_ranks(n1: int, n2: int | None) -> tuple[int, int]:
     n2 = 2 * n1 if n2 is None else n2
-    if not (isinstance(n1, int) and isinstance(n2, int) and 1 <= n1 < n2):
+    ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (n1, n2))
+    if not (ints and 1 <= n1 < n2):
         raise ValueError(f"need integers 1 <= n1 < n2; got n1={n1!r}, n2={n2!r}")
-    return n1, n2
+    return int(n1), int(n2)
 
 
 def gride_mle(

@@ -37,7 +37,7 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
     ValueError
         If ``X`` is not 2-D, has fewer than ``min_samples`` rows or no columns, or holds NaN/Inf.
     TypeError
-        If ``X`` is neither array-like nor a torch tensor.
+        If ``X`` is neither array-like nor a torch tensor, or holds complex numbers.
     """
     if not isinstance(X, torch.Tensor):
         try:
@@ -45,7 +45,13 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
         except Exception as exc:  # pragma: no cover - exotic inputs
             raise TypeError(f"{name} must be a numpy array or a torch tensor") from exc
         if X.dtype == object or not np.issubdtype(X.dtype, np.number):
-            raise TypeError(f"{name} must hold numbers; got dtype {X.dtype}")
+            hint = " (a scipy.sparse matrix? pass X.toarray())" if X.dtype == object else ""
+            raise TypeError(f"{name} must hold numbers; got dtype {X.dtype}{hint}")
+    if X.dtype.is_complex if isinstance(X, torch.Tensor) else np.iscomplexobj(X):
+        raise TypeError(
+            f"{name} is complex ({X.dtype}); points must be real: pass X.real, or stack real "
+            "and imaginary parts as features"
+        )
     shape = tuple(X.shape)
     if len(shape) != 2:
         hint = " (for one feature use X.reshape(-1, 1))" if len(shape) == 1 else ""
