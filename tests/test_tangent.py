@@ -274,3 +274,14 @@ def test_indices_must_be_row_numbers():
     assert ts.bases.shape == (2, 3, 1)
     with pytest.raises(ValueError, match="d must be an integer"):
         tangent_spaces(C, True, n_neighbors=5)
+
+
+def test_weighted_local_pca_refuses_float_indices_and_wrong_lengths():
+    X = np.random.default_rng(0).standard_normal((10, 3))
+    nbr = np.array([[0, 1, 2, 3], [1, 2, 3, -1]])
+    w = np.ones((2, 4))
+    with pytest.raises(ValueError, match="integers"):
+        weighted_local_pca(X, nbr + 0.7, w, 2)
+    with pytest.raises(ValueError, match="one per row"):
+        weighted_local_pca(X, nbr, w, 2, indices=np.arange(5))
+    assert weighted_local_pca(X, nbr, w, 2, indices=np.array([0, 1])).bases.shape == (2, 3, 2)

@@ -215,7 +215,10 @@ def weighted_local_pca(
     n, D = Xt.shape
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d < D:
         raise ValueError(f"d must be an integer with 1 <= d < D = {D}; got {d!r}")
-    nbr = torch.as_tensor(neighbor_indices, device=Xt.device).long()
+    nbr = torch.as_tensor(neighbor_indices, device=Xt.device)
+    if nbr.is_floating_point() or nbr.is_complex() or nbr.dtype == torch.bool:
+        raise ValueError(f"neighbor_indices must be integers; got dtype {nbr.dtype}")
+    nbr = nbr.long()
     w = as_tensor(weights, Xt.device)
     if nbr.ndim != 2 or w.shape != nbr.shape:
         raise ValueError("neighbor_indices and weights must both have shape (n_queries, k)")
@@ -231,6 +234,11 @@ def weighted_local_pca(
     w = w / tot
     nbr_safe = torch.where(pad, nbr.new_zeros(()), nbr)
     idx = nbr_safe[:, 0] if indices is None else as_indices(indices, Xt.shape[0], device=Xt.device)
+    if idx.shape[0] != nbr.shape[0]:
+        raise ValueError(
+            f"indices has {idx.shape[0]} entries for {nbr.shape[0]} neighbourhoods; "
+            "give one per row of neighbor_indices"
+        )
     bases, eig, centers = _weighted_pca(Xt, nbr_safe, w, d, square_weights, memory_bytes)
     if check_rank:
         how = "use a larger bandwidth / n_neighbors"
@@ -261,7 +269,10 @@ def estimate_local_dimension(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
     Xt = as_tensor(X)
-    nbr = torch.as_tensor(neighbor_indices, device=Xt.device).long()
+    nbr = torch.as_tensor(neighbor_indices, device=Xt.device)
+    if nbr.is_floating_point() or nbr.is_complex() or nbr.dtype == torch.bool:
+        raise ValueError(f"neighbor_indices must be integers; got dtype {nbr.dtype}")
+    nbr = nbr.long()
     w = as_tensor(weights, Xt.device).masked_fill(nbr < 0, 0.0)
     w = w / w.sum(1, keepdim=True)
     _, eig, _ = _weighted_pca(Xt, nbr.clamp(min=0), w, 1, square_weights, DEFAULT_MEMORY_BYTES)
