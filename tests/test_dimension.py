@@ -481,3 +481,20 @@ def test_complex_points_are_refused():
     for X in (Z, torch.from_numpy(Z)):
         with pytest.raises(TypeError, match="complex"):
             gd.TwoNN().fit(X)
+
+
+def test_parameter_validation_names_the_parameter():
+    X = np.random.default_rng(0).standard_normal((300, 3))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_dim"):
+            gd.MiNDML(max_dim=bad).fit(X)
+    for bad in (0, 20.0):
+        with pytest.raises(ValueError, match="k must be"):
+            gd.MiNDML(k=bad).fit(X)
+    with pytest.raises(ValueError, match="k=20 uses"):
+        gd.MiNDML(k=20).fit(X[:21])
+    for bad in (-5, 2.5):
+        with pytest.raises(ValueError, match="n_bootstrap"):
+            gd.id_scale_curve(X, n_bootstrap=bad)
+    with pytest.raises(ValueError, match="integers"):
+        gd.id_scale_curve(X, scales=[1.7, 2.2])

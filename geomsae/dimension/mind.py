@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from typing import Any
 
 import torch
 
-from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator, check_n_neighbors
+from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator
 from geomsae.neighbors import knn
 
 __all__ = ["MiNDML", "mind_ml", "mind_ml_from_log_rho"]
@@ -127,12 +128,25 @@ class MiNDML(IDEstimator):
         self.on_duplicates = on_duplicates
 
     def _log_rho(self, X: torch.Tensor, n_neighbors: int = 0):
-        k = check_n_neighbors(self.k + 1, X.shape[0]) - 1
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"k must be an integer >= 1; got {k!r}")
+        if k + 1 > X.shape[0] - 1:
+            raise ValueError(
+                f"k={k} uses the (k+1)-th neighbour and needs more than {k + 1} points; got "
+                f"{X.shape[0]} (use k <= {X.shape[0] - 3} or more data)"
+            )
+        k = int(k)
         nb = knn(X, max(k + 1, n_neighbors))
         return torch.log(nb.distances[:, 0] / nb.distances[:, k]), nb.indices, k
 
     def _max_dim(self, X: torch.Tensor) -> int:
-        return int(X.shape[1] if self.max_dim is None else self.max_dim)
+        if self.max_dim is None:
+            return int(X.shape[1])
+        m = self.max_dim
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
+            raise ValueError(f"max_dim must be an integer >= 1 (or None); got {m!r}")
+        return int(m)
 
     def _global(self, X: torch.Tensor) -> float:
         log_rho, _, k = self._log_rho(X)

@@ -23,6 +23,7 @@ estimate is stable, which is where neither noise nor curvature dominates.
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,9 +157,19 @@ def id_scale_curve(
         raise ValueError(f"estimator must be one of {_ESTIMATORS}; got {estimator!r}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral):
+        raise ValueError(f"n_bootstrap must be an integer >= 0; got {n_bootstrap!r}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be an integer >= 0; got {n_bootstrap!r}")
     Xt, _ = prepare_points(X, on_duplicates=on_duplicates, min_samples=3)
     n = Xt.shape[0]
-    sc = _default_scales(estimator, n, max_rank) if scales is None else np.asarray(scales, int)
+    if scales is None:
+        sc = _default_scales(estimator, n, max_rank)
+    else:
+        given = np.asarray(scales)
+        if given.ndim != 1 or not np.issubdtype(given.dtype, np.integer):
+            raise ValueError(f"scales must be a 1-D sequence of integers; got {scales!r}")
+        sc = given.astype(int)
     far = 2 * sc if estimator == "gride" else sc
     if sc.size == 0 or sc.min() < (1 if estimator == "gride" else 2) or far.max() > n - 1:
         raise ValueError(

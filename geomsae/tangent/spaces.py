@@ -152,7 +152,8 @@ def tangent_spaces(
         else as_indices(indices, n, device=Xt.device)
     )
     if n_neighbors is not None:
-        if not isinstance(n_neighbors, (int, np.integer)) or not 1 <= n_neighbors < n:
+        bad_type = isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer))
+        if bad_type or not 1 <= n_neighbors < n:
             raise ValueError(f"n_neighbors must be an integer in [1, {n - 1}]; got {n_neighbors!r}")
         nb = knn(Xt, int(n_neighbors), query_indices=idx.cpu().numpy())
         dist, ind = nb.distances, nb.indices
