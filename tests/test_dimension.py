@@ -498,3 +498,13 @@ def test_parameter_validation_names_the_parameter():
             gd.id_scale_curve(X, n_bootstrap=bad)
     with pytest.raises(ValueError, match="integers"):
         gd.id_scale_curve(X, scales=[1.7, 2.2])
+
+
+def test_corrint_and_calibrated_parameter_checks():
+    X = np.random.default_rng(0).standard_normal((300, 3))
+    with pytest.raises(ValueError, match="k1"):
+        gd.CorrelationDimension(k1=2.5).fit(X)
+    with pytest.raises(ValueError, match="n_radii"):
+        gd.CorrelationDimension(n_radii=2.5).fit(X)
+    with pytest.raises(ValueError, match="max_dim"):
+        gd.Calibrated(max_dim=0).fit(X)

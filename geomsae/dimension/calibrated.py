@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,15 @@ class Calibrated(IDEstimator):
         if self.n_repeats < 1 or self.max_samples < 10:
             raise ValueError("need n_repeats >= 1 and max_samples >= 10")
 
+    def _cap(self, X: torch.Tensor) -> int:
+        """The largest dimension of the calibration (``max_dim``, default the ambient one)."""
+        if self.max_dim is None:
+            return int(X.shape[1])
+        m = self.max_dim
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
+            raise ValueError(f"max_dim must be an integer >= 1 (or None); got {m!r}")
+        return int(m)
+
     def _parts(self, n: int) -> list[torch.Tensor]:
         n_parts = max(1, math.ceil(n / self.max_samples))
         perm = np.random.default_rng(self.random_state).permutation(n)
@@ -207,7 +217,7 @@ class Calibrated(IDEstimator):
         self._check()
         parts = self._parts(X.shape[0])
         raw = float(np.mean([self._base().fit(X[idx.to(X.device)]).dimension_ for idx in parts]))
-        cap = int(X.shape[1] if self.max_dim is None else self.max_dim)
+        cap = self._cap(X)
         dims, vals = self._curve(len(parts[0]), raw, cap)
         if raw > vals.max():
             logger.warning(
@@ -220,7 +230,7 @@ class Calibrated(IDEstimator):
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
         self._check()
         raw = self._base().fit_pointwise(X, n_neighbors=n_neighbors).dimension_pw_
-        cap = int(X.shape[1] if self.max_dim is None else self.max_dim)
+        cap = self._cap(X)
         n_ref = min(X.shape[0], self.max_samples)
         dims, vals = self._curve(n_ref, float(np.quantile(raw, 0.99)), cap, pointwise=n_neighbors)
         self.calibration_dims_, self.calibration_values_ = dims, vals

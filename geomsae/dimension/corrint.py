@@ -22,6 +22,7 @@ Physica D 9, 189-208.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -151,10 +152,13 @@ class CorrelationDimension(IDEstimator):
         self.on_duplicates = on_duplicates
 
     def _global(self, X: torch.Tensor) -> float:
-        if not 1 <= self.k1 < self.k2:
-            raise ValueError(f"need 1 <= k1 < k2; got k1={self.k1}, k2={self.k2}")
-        if self.n_radii < 2:
-            raise ValueError(f"n_radii must be >= 2; got {self.n_radii}")
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        if not (is_int(self.k1) and is_int(self.k2) and 1 <= self.k1 < self.k2):
+            raise ValueError(f"need integers 1 <= k1 < k2; got k1={self.k1!r}, k2={self.k2!r}")
+        if not is_int(self.n_radii) or self.n_radii < 2:
+            raise ValueError(f"n_radii must be an integer >= 2; got {self.n_radii!r}")
         k2 = check_n_neighbors(self.k2, X.shape[0])
         nb = knn(X, k2)
         dist = nb.distances
