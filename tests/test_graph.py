@@ -343,3 +343,20 @@ def test_select_radius_warns_when_the_minimum_is_at_the_last_candidate(caplog) -
     with caplog.at_level("WARNING", logger="geomsae.graph.radius"):
         inner = select_radius(X, 2, np.geomspace(0.25, 3.0, 12), n_samples=60)
     assert inner.radius < 3.0 and "may lie beyond" not in caplog.text
+
+
+def test_metric_and_radius_selection_parameter_checks() -> None:
+    g = np.linspace(0, 1, 11)
+    X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    _, L = graph(X, 0.2)
+    with pytest.raises(ValueError, match="n_dim"):
+        riemannian_metric(X, L, n_dim=1.7)
+    bad = L.copy()
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        riemannian_metric(X, bad)
+    X3 = np.c_[X, np.zeros(len(X))]
+    with pytest.raises(ValueError, match="n_samples"):
+        select_radius(X3, 2, n_samples=0)
+    with pytest.raises(ValueError, match="cutoff"):
+        select_radius(X3, 2, cutoff=0)

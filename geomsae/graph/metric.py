@@ -94,6 +94,10 @@ def riemannian_metric(
     n, s = Y.shape
     if not sp.issparse(laplacian) or laplacian.shape != (n, n):
         raise ValueError(f"laplacian must be a scipy.sparse matrix of shape ({n}, {n})")
+    if not np.isfinite(laplacian.data).all():
+        raise ValueError("laplacian contains NaN or Inf; check the affinity's bandwidth")
+    if n_dim is not None and (isinstance(n_dim, bool) or not isinstance(n_dim, (int, np.integer))):
+        raise ValueError(f"n_dim must be an integer in [1, s = {s}]; got {n_dim!r}")
     n_dim = s if n_dim is None else int(n_dim)
     if not 1 <= n_dim <= s:
         raise ValueError(f"n_dim must be in [1, s = {s}]; got {n_dim}")

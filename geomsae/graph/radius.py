@@ -184,6 +184,12 @@ def select_radius(
     min_neighbors = d + 1 if min_neighbors is None else int(min_neighbors)
     if not 1 <= min_neighbors < n:
         raise ValueError(f"min_neighbors must be in [1, {n - 1}]; got {min_neighbors}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+        raise ValueError(f"n_samples must be an integer >= 1; got {n_samples!r}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1; got {n_samples!r}")
+    if not (np.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be a finite number > 0; got {cutoff!r}")
     rng = np.random.default_rng(random_state)
     sample = np.sort(rng.choice(n, size=min(int(n_samples), n), replace=False))
     if radii is None:
