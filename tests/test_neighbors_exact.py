@@ -142,3 +142,29 @@ def test_lattice_ties_projected():
     np.fill_diagonal(D, np.inf)
     order = np.lexsort((np.broadcast_to(np.arange(len(X)), D.shape), D), axis=1)[:, :8]
     np.testing.assert_array_equal(nb.indices, order)
+
+
+def test_subnormal_data_and_huge_radius():
+    X = np.array([[0.0], [1e-310], [3e-310]])
+    nb = knn(X, 1)
+    np.testing.assert_array_equal(nb.indices.ravel(), [1, 0, 1])
+    np.testing.assert_allclose(nb.distances.ravel(), [1e-310, 1e-310, 2e-310], rtol=1e-6)
+    assert radius_neighbors(X, 1.5e-310).nnz == 2  # the pair (0, 1), both ways
+    assert radius_neighbors(np.array([[0.0], [1.0], [3.0]]), 1e200).nnz == 6
+
+
+def test_coordinates_near_float64_max_are_refused():
+    with pytest.raises(ValueError, match="scale the data down"):
+        knn(np.array([[1e308], [1.5e308], [0.0]]), 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_block_size_is_checked_for_every_method(bad):
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    for method in ("brute", "projected"):
+        with pytest.raises(ValueError, match="block_size"):
+            knn(X, 2, method=method, block_size=bad)
+        with pytest.raises(ValueError, match="block_size"):
+            radius_neighbors(X, 1.0, method=method, block_size=bad)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        knn(X, True)

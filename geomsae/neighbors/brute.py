@@ -166,7 +166,8 @@ def power_of_two_scale(*centred: torch.Tensor, sq: list[torch.Tensor] | None = N
             return 1.0  # all points identical
     if SCALE_RANGE[0] <= top <= SCALE_RANGE[1]:
         return 1.0
-    return math.ldexp(1.0, -math.frexp(top)[1])
+    # subnormal data (below ~2^-1022) is brought up as far as a float64 factor reaches
+    return math.ldexp(1.0, min(-math.frexp(top)[1], 1023))
 
 
 def n_candidates(dtype: torch.dtype, k: int, max_k: int) -> int:
@@ -208,7 +209,12 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
         return mu
     lo, hi = torch.aminmax(X)
     top = max(abs(float(lo)), abs(float(hi)))
-    if top == 0.0 or not math.isfinite(top):
+    if top > 2.0**1022:
+        raise ValueError(
+            f"coordinates up to {top:.3g} are within a factor 2 of float64's largest number: "
+            "their differences overflow; scale the data down first (e.g. X / X.abs().max())"
+        )
+    if top == 0.0:
         return mu
     unit = math.ldexp(1.0, math.frexp(top)[1] - 45)  # 2^8 ulp(top), in float64
     if unit == 0.0:

@@ -77,11 +77,20 @@ def radius_neighbors(
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     Xt = as_tensor(X, device).detach()  # the search is not differentiable
     Xt = Xt - grid_mean(Xt)  # translation-invariant; keeps the expansion's rounding error small
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, (int, np.integer))
+        or block_size < 1
+    ):
+        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
     x_sq = row_sq(Xt)
     scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
+    radius = float(radius)
     if scale != 1.0:
         Xt.mul_(scale)
-        radius, x_sq = radius * scale, row_sq(Xt)
+        radius, x_sq = radius * scale, row_sq(Xt)  # radius * scale may be inf: clamped next
+    # no pair is farther apart than twice the largest centred norm: a larger radius keeps all
+    radius = min(radius, 2.5 * math.sqrt(float(x_sq.max())) if len(x_sq) else 0.0)
     n = Xt.shape[0]
     if max_neighbors is not None and (max_neighbors < 1):
         raise ValueError(f"max_neighbors must be >= 1; got {max_neighbors!r}")
