@@ -360,3 +360,9 @@ def test_metric_and_radius_selection_parameter_checks() -> None:
         select_radius(X3, 2, n_samples=0)
     with pytest.raises(ValueError, match="cutoff"):
         select_radius(X3, 2, cutoff=0)
+
+
+def test_select_radius_on_duplicates_names_the_fix() -> None:
+    X = np.repeat(np.random.default_rng(0).normal(size=(100, 3)), 4, axis=0)
+    with pytest.raises(ValueError, match="deduplicate"):
+        select_radius(X, 1)

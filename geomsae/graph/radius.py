@@ -125,6 +125,12 @@ def _default_radii(Xt, sample, min_neighbors: int, n_radii: int) -> np.ndarray:
     nb = knn(Xt, k_hi, query_indices=sample)
     r_lo = float(nb.distances[:, min_neighbors - 1].max()) * (1 + 1e-9)
     r_hi = max(float(nb.distances[:, -1].median()), 2 * r_lo)
+    if r_lo == 0.0:
+        raise ValueError(
+            f"every sampled point has at least {min_neighbors} exact duplicates, so no radius "
+            "separates them; deduplicate first (`X, kept = geomsae.neighbors.deduplicate(X)`) "
+            "or pass radii="
+        )
     return np.geomspace(r_lo, r_hi, n_radii)
 
 
