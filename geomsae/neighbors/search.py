@@ -72,29 +72,26 @@ def knn(
         Only with ``Y=None``: search neighbours (among all of ``X``) of the rows
         ``X[query_indices]`` only, still excluding each query itself.
     screen_dtype : torch.dtype, optional
-        Brute force only; every choice gives the same neighbours and float64 distances. None
-        (default) picks float32 on GPUs; on CPU, when the reference set is large next to the
-        number of candidates (``n_reference >= 40 * (k + max(4, k // 4))``), bfloat16 if the
-        CPU multiplies it natively (AVX-512 BF16 or AMX), ``n_features >= 64`` and ``k <= 32``
-        or ``n_reference >= 32 (3 k + 8)``,
-        else float32; otherwise float64. ``torch.float64``: one float64 matrix product per block,
-        distances from the (centred) expansion with near-duplicate pairs re-measured directly.
-        ``torch.float32`` / ``torch.bfloat16``: a cheaper product whose rounding bound is
-        subtracted pair by pair, keeping ``max(4, k // 4)`` / ``2 k + 8`` extra candidates,
-        re-measured in float64; each row is *certified* (no point outside the candidates can
-        be nearer) and rows that cannot be are screened again in the next precision
-        (bfloat16, float32, float64).
+        Brute force only; every choice gives the same neighbours and float64 distances (to ~1 ulp).
+        None (default) picks float32 on GPUs; on CPU, when the reference set is large next to the
+        number of candidates (``n_reference >= 40 * (k + max(4, k // 4))``), bfloat16 if the CPU
+        multiplies it natively (AVX-512 BF16 or AMX), ``n_features >= 64`` and ``k <= 32`` or
+        ``n_reference >= 32 (3 k + 8)``, else float32; otherwise float64. ``torch.float64``: one
+        float64 matrix product per block, distances from the (centred) expansion with near-duplicate
+        pairs re-measured directly. ``torch.float32`` / ``torch.bfloat16``: a cheaper product whose
+        rounding bound is subtracted pair by pair, keeping ``max(4, k // 4)`` / ``2 k + 8`` extra
+        candidates, re-measured in float64; each row is *certified* (no point outside the candidates
+        can be nearer) and rows that cannot be are screened again in the next precision (bfloat16,
+        float32, float64).
     method : {"auto", "brute", "projected"}
-        All three return the same neighbours and distances. ``"brute"``: compare each query
-        with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with a
-        certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions plus
-        the residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly,
-        screen uncertified rows again with 4x the candidates (at most all other points), then
-        brute force. ``"auto"``
-        (default) plans the projection on a sample of queries on CPU when
-        ``n_reference >= 2000`` and ``n_features >= 32``, and uses it when it predicts it at
-        least 1.5x cheaper; otherwise brute force (always on GPUs, where the full product is
-        cheap).
+        All three return the same neighbours (distances agree to ~1 ulp). ``"brute"``: compare each
+        query with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with
+        a certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions plus the
+        residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly, screen
+        uncertified rows again with 4x the candidates (at most all other points), then brute force.
+        ``"auto"`` (default) plans the projection on a sample of queries on CPU when ``n_reference
+        >= 2000`` and ``n_features >= 32``, and uses it when it predicts it at least 1.5x cheaper;
+        otherwise brute force (always on GPUs, where the full product is cheap).
     device : str or torch.device, optional
         Where to compute; default the input's device. Outputs follow the input's type and device.
 
