@@ -107,6 +107,15 @@ def check_n_neighbors(n_neighbors: Any, n_samples: int, *, minimum: int = 2) -> 
     return int(n_neighbors)
 
 
+def check_max_dim(max_dim: Any, n_features: int) -> int:
+    """``max_dim`` as an int >= 1, or ``n_features`` when it is None; a ValueError otherwise."""
+    if max_dim is None:
+        return int(n_features)
+    if isinstance(max_dim, bool) or not isinstance(max_dim, (int, np.integer)) or max_dim < 1:
+        raise ValueError(f"max_dim must be an integer >= 1 (or None); got {max_dim!r}")
+    return int(max_dim)
+
+
 class IDEstimator(BaseEstimator):
     """Base class: ``fit`` -> ``dimension_``, ``fit_pointwise`` -> ``dimension_pw_``.
 

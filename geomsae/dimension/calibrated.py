@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import clone
 
-from geomsae.dimension.base import IDEstimator
+from geomsae.dimension.base import IDEstimator, check_max_dim
 from geomsae.dimension.twonn import TwoNN
 
 logger = logging.getLogger(__name__)
@@ -199,12 +198,7 @@ class Calibrated(IDEstimator):
 
     def _cap(self, X: torch.Tensor) -> int:
         """The largest dimension of the calibration (``max_dim``, default the ambient one)."""
-        if self.max_dim is None:
-            return int(X.shape[1])
-        m = self.max_dim
-        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-            raise ValueError(f"max_dim must be an integer >= 1 (or None); got {m!r}")
-        return int(m)
+        return check_max_dim(self.max_dim, X.shape[1])
 
     def _parts(self, n: int) -> list[torch.Tensor]:
         n_parts = max(1, math.ceil(n / self.max_samples))

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator
+from geomsae.dimension.base import TIED_LOG_RATIO, IDEstimator, check_max_dim
 from geomsae.neighbors import knn
 
 __all__ = ["MiNDML", "mind_ml", "mind_ml_from_log_rho"]
@@ -141,12 +141,7 @@ class MiNDML(IDEstimator):
         return torch.log(nb.distances[:, 0] / nb.distances[:, k]), nb.indices, k
 
     def _max_dim(self, X: torch.Tensor) -> int:
-        if self.max_dim is None:
-            return int(X.shape[1])
-        m = self.max_dim
-        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-            raise ValueError(f"max_dim must be an integer >= 1 (or None); got {m!r}")
-        return int(m)
+        return check_max_dim(self.max_dim, X.shape[1])
 
     def _global(self, X: torch.Tensor) -> float:
         log_rho, _, k = self._log_rho(X)
