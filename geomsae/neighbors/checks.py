@@ -76,6 +76,16 @@ def as_tensor(X: Any, device: str | torch.device | None = None) -> torch.Tensor:
     return t.to(device=device if device is not None else t.device, dtype=torch.float64)
 
 
+def check_block_size(block_size: Any) -> None:
+    """A ValueError unless ``block_size`` is None or an integer >= 1."""
+    if block_size is None:
+        return
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
+
+
 def as_indices(
     indices: Any, n: int, *, name: str = "indices", device: torch.device | str | None = None
 ) -> torch.Tensor:

@@ -24,7 +24,7 @@ from geomsae.neighbors.brute import (
     refine_pairs,
     row_sq,
 )
-from geomsae.neighbors.checks import as_tensor, check_points
+from geomsae.neighbors.checks import as_tensor, check_block_size, check_points
 from geomsae.neighbors.plan import plan_radius
 from geomsae.neighbors.projected import projected_radius
 from geomsae.neighbors.search import METHODS
@@ -77,12 +77,7 @@ def radius_neighbors(
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     Xt = as_tensor(X, device).detach()  # the search is not differentiable
     Xt = Xt - grid_mean(Xt)  # translation-invariant; keeps the expansion's rounding error small
-    if block_size is not None and (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, (int, np.integer))
-        or block_size < 1
-    ):
-        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
+    check_block_size(block_size)
     x_sq = row_sq(Xt)
     scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
     radius = float(radius)

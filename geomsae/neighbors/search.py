@@ -17,7 +17,7 @@ from geomsae.neighbors.brute import (
     reduced_precision_safe,
     row_sq,
 )
-from geomsae.neighbors.checks import as_indices, as_tensor, check_points
+from geomsae.neighbors.checks import as_indices, as_tensor, check_block_size, check_points
 from geomsae.neighbors.plan import plan
 from geomsae.neighbors.projected import projected_knn
 
@@ -125,12 +125,7 @@ def knn(
             raise ValueError(f"X has {Xt.shape[1]} features but Y has {R.shape[1]}")
         Q, qi, n_ref = Xt, None, R.shape[0]
         max_k = n_ref
-    if block_size is not None and (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, (int, np.integer))
-        or block_size < 1
-    ):
-        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
+    check_block_size(block_size)
     bad_k = isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer))
     if bad_k or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be a positive integer; got {n_neighbors!r}")
