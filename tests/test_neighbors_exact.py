@@ -168,3 +168,69 @@ def test_block_size_is_checked_for_every_method(bad):
             radius_neighbors(X, 1.0, method=method, block_size=bad)
     with pytest.raises(ValueError, match="n_neighbors"):
         knn(X, True)
+
+
+# --- centring: coordinates far below the mean keep their digits (direct measurements are
+# made on the points as given, not on the centred copy) ---
+
+
+def _direct_knn(Q: np.ndarray, R: np.ndarray, k: int, exclude_self: bool):
+    """Exact k-NN by direct differences (no expansion, no centring), ties by index."""
+    d = np.sqrt(((Q[:, None, :] - R[None, :, :]) ** 2).sum(-1))
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(R.shape[0]), d.shape), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.mark.parametrize("screen_dtype", [None, torch.bfloat16, torch.float32, torch.float64])
+def test_coordinates_below_the_mean_keep_their_digits(screen_dtype):
+    X = np.array([[0.0], [1e-17], [1.0], [3.0]])
+    got = knn(X, 1, screen_dtype=screen_dtype)
+    np.testing.assert_array_equal(got.indices.ravel(), [1, 0, 0, 2])
+    np.testing.assert_array_equal(got.distances.ravel(), [1e-17, 1e-17, 1.0, 2.0])
+
+
+def test_radius_keeps_tiny_distances_below_the_mean():
+    X = np.array([[0.0], [1e-17], [1.0], [3.0]])
+    assert radius_neighbors(X, 1e-18).nnz == 0
+    G = radius_neighbors(X, 1e-17)
+    assert G.nnz == 2 and G[0, 1] == 1e-17 and G[1, 0] == 1e-17
+
+
+@pytest.mark.parametrize("screen_dtype", [None, torch.float32, torch.float64])
+def test_small_cloud_beside_a_far_outlier(screen_dtype):
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal(size=(200, 3)) * 1e-6, [[1e10, 0, 0]]])
+    got = knn(X, 5, screen_dtype=screen_dtype)
+    d, i = _direct_knn(X, X, 5, exclude_self=True)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-14)
+
+
+def test_small_cloud_beside_far_outliers_queries_given():
+    rng = np.random.default_rng(2)
+    Y = np.vstack([rng.normal(size=(300, 4)) * 1e-6, [[1e9, 0, 0, 0], [0, -1e9, 0, 0]]])
+    X = rng.normal(size=(50, 4)) * 1e-6
+    got = knn(X, 3, Y=Y)
+    d, i = _direct_knn(X, Y, 3, exclude_self=False)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["brute", "projected"])
+def test_cloud_beside_outliers_in_many_dimensions(method):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2500, 40)) * 1e-4
+    X[:5, 0] += 1e8  # a few far tokens move the mean far from the cloud
+    got = knn(X, 4, method=method)
+    d, i = _direct_knn(X, X, 4, exclude_self=True)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-12)
+    r = float(np.median(d[:, -1]))
+    G = radius_neighbors(X, r, method=method)
+    full = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    rows, cols = np.nonzero(full <= r)
+    assert G.nnz == rows.size
+    np.testing.assert_allclose(np.asarray(G[rows, cols]).ravel(), full[rows, cols], rtol=1e-12)

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MEMORY_BYTES",
     "FLOAT32_SAFE_SQ",
     "REMEASURE_BELOW",
+    "Queries",
     "Reference",
     "block_rows",
     "brute_knn",
@@ -197,9 +198,9 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
     the largest ``|entry|`` (a change of ~1e-14 of the data's scale).
 
     Centring by it is exact for data on a binary grid (integers, halves, a lattice: any
-    entries that are multiples of that unit): ``x - mu`` is then representable, so distances
-    measured directly on centred points equal those on the input, and pairs exactly at a
-    radius or exactly tied stay exactly so. For other data it is as good as the plain mean.
+    entries that are multiples of that unit): ``x - mu`` is then representable, so the
+    expansion on centred points sees exactly the input's ties. For other data it is as good as
+    the plain mean. (Direct measurements use the points as given: :class:`Reference`.)
     """
     if X.device.type == "cpu" and X.dtype == torch.float64 and not X.requires_grad:
         mu = torch.from_numpy(X.numpy().mean(0))  # numpy's column mean: ~3x torch's
@@ -226,6 +227,12 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
 class Reference:
     """The reference set, centred once (the expansion's cancellation error scales with norms).
 
+    The centred copy serves the screens and the expansion ``|q|^2 + |r|^2 - 2 q.r``, whose
+    error (~eps of the squared norms) already exceeds what centring rounds away. Distances
+    measured directly (near-duplicates, near-ties, pairs at the radius) are taken on the
+    points as given, ``raw``: centring rounds coordinates at the mean's last place, so a
+    coordinate of 1e-17 beside a mean of 1 would be lost (a fake duplicate).
+
     Attributes
     ----------
     X : tensor of shape (n_reference, n_features), float64
@@ -234,18 +241,32 @@ class Reference:
         The mean that was subtracted (queries are centred with it too).
     sq : tensor of shape (n_reference,)
         Squared norms of the rows of ``X``.
+    raw : tensor of shape (n_reference, n_features), float64
+        The points before centring (scaled like ``X``).
     """
 
     X: torch.Tensor
     mu: torch.Tensor
     sq: torch.Tensor
+    raw: torch.Tensor
     _screens: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, R: torch.Tensor) -> Reference:
         mu = grid_mean(R)
         Rc = R - mu
-        return cls(Rc, mu, row_sq(Rc))
+        return cls(Rc, mu, row_sq(Rc), R)
+
+    def scaled(self, s: float, raw: torch.Tensor | None = None) -> Reference:
+        """This set multiplied by ``s`` (a power of two: exact); ``raw``: ``s * self.raw`` if
+        already made."""
+        Xs = self.X * s
+        return Reference(Xs, self.mu * s, row_sq(Xs), self.raw * s if raw is None else raw)
+
+    def queries(self, Q: torch.Tensor) -> Queries:
+        """The rows ``Q`` (as given, scaled like this set) as :class:`Queries` of it."""
+        Qc = Q - self.mu
+        return Queries(Q, Qc, row_sq(Qc))
 
     def screen(self, dtype: torch.dtype) -> Screen:
         """The brute-force :class:`Screen` of this set in ``dtype`` (made once, on first use)."""
@@ -256,6 +277,23 @@ class Reference:
     @property
     def n(self) -> int:
         return self.X.shape[0]
+
+
+@dataclass
+class Queries:
+    """A block of query rows, as given (``raw``: direct measurements) and centred with the
+    reference's mean (``c``: screens and the expansion); ``sq``: squared norms of ``c``.
+    Made by :meth:`Reference.queries`."""
+
+    raw: torch.Tensor
+    c: torch.Tensor
+    sq: torch.Tensor
+
+    def __getitem__(self, rows: torch.Tensor | slice) -> Queries:
+        return Queries(self.raw[rows], self.c[rows], self.sq[rows])
+
+    def __len__(self) -> int:
+        return self.c.shape[0]
 
 
 def _csr_dots(
@@ -283,14 +321,15 @@ def _csr_dots(
 
 
 def measure_directly(
-    Qc: torch.Tensor, R: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    Q: torch.Tensor, R: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
-    """Squared distances ``|Qc[rows[p]] - R[cols[p]]|^2`` summed directly (no cancellation),
-    in chunks of pairs that keep the gathered differences within the work-space budget."""
-    out = torch.empty(rows.numel(), dtype=torch.float64, device=Qc.device)
-    step = max(1, DEFAULT_MEMORY_BYTES // (16 * max(Qc.shape[1], 1)))
+    """Squared distances ``|Q[rows[p]] - R[cols[p]]|^2`` summed directly (no cancellation),
+    in chunks of pairs that keep the gathered differences within the work-space budget.
+    Pass the points as given (``Queries.raw``, ``Reference.raw``), not centred copies."""
+    out = torch.empty(rows.numel(), dtype=torch.float64, device=Q.device)
+    step = max(1, DEFAULT_MEMORY_BYTES // (16 * max(Q.shape[1], 1)))
     for s in range(0, rows.numel(), step):
-        diff = R[cols[s : s + step]] - Qc[rows[s : s + step]]
+        diff = R[cols[s : s + step]] - Q[rows[s : s + step]]
         out[s : s + step] = (diff * diff).sum(1)
     return out
 
@@ -302,54 +341,53 @@ def pair_error(n_features: int, scale_sq: torch.Tensor) -> torch.Tensor:
 
 
 def refine_pairs(
-    Qc: torch.Tensor,
+    q: Queries,
     ref: Reference,
     crow: torch.Tensor,
     cols: torch.Tensor,
     radius: float | None = None,
 ) -> torch.Tensor:
-    """Float64 distances of CSR pairs (row ``i`` of ``Qc``, centred; reference row ``cols[p]``).
+    """Float64 distances of CSR pairs (query row ``i`` of ``q``; reference row ``cols[p]``).
 
     The expansion ``|q|^2 + |r|^2 - 2 q.r`` in float64 is accurate to ~1e-16 of the squared
     norms; pairs where that is not enough (squared distance below :data:`REMEASURE_BELOW` of
-    the squared norms: near-duplicates) are recomputed directly as ``|q - r|``, so duplicates
-    come out as exactly 0. With ``radius``, so are the pairs whose expansion is within its
-    rounding error (:func:`pair_error`) of ``radius^2``: whether a pair is within the radius
-    is then decided on its directly measured distance.
+    the squared norms: near-duplicates) are recomputed directly as ``|q - r|`` on the points
+    as given (:class:`Reference`), so duplicates come out as exactly 0. With ``radius``, so
+    are the pairs whose expansion is within its rounding error (:func:`pair_error`) of
+    ``radius^2``: whether a pair is within the radius is then decided on its directly
+    measured distance.
     """
-    rows = torch.repeat_interleave(torch.arange(Qc.shape[0], device=Qc.device), torch.diff(crow))
-    scale = row_sq(Qc)[rows] + ref.sq[cols]
-    d2 = (scale - 2.0 * _csr_dots(Qc, ref.X, crow, cols)).clamp_min(0)
+    rows = torch.repeat_interleave(torch.arange(len(q), device=q.c.device), torch.diff(crow))
+    scale = q.sq[rows] + ref.sq[cols]
+    d2 = (scale - 2.0 * _csr_dots(q.c, ref.X, crow, cols)).clamp_min(0)
     redo = d2 < REMEASURE_BELOW * scale
     if radius is not None:
-        redo |= (d2 - radius**2).abs() <= pair_error(Qc.shape[1], scale)
+        redo |= (d2 - radius**2).abs() <= pair_error(q.c.shape[1], scale)
     if bool(redo.any()):
         p = torch.nonzero(redo).flatten()
-        d2[p] = measure_directly(Qc, ref.X, rows[p], cols[p])
+        d2[p] = measure_directly(q.raw, ref.raw, rows[p], cols[p])
     return torch.sqrt(d2)
 
 
-def refine(Qc: torch.Tensor, ref: Reference, idx: torch.Tensor) -> torch.Tensor:
-    """Float64 distances between each centred query row and its candidate rows ``ref.X[idx]``.
+def refine(q: Queries, ref: Reference, idx: torch.Tensor) -> torch.Tensor:
+    """Float64 distances between each query row and its candidate reference rows ``idx``.
 
     ``idx`` has shape (b, c); see :func:`refine_pairs` for the accuracy.
     """
     b, c = idx.shape
     crow = torch.arange(0, b * c + 1, c, device=idx.device, dtype=torch.int64)
-    return refine_pairs(Qc, ref, crow, idx.reshape(-1)).view(b, c)
+    return refine_pairs(q, ref, crow, idx.reshape(-1)).view(b, c)
 
 
-def fix_close(
-    Qc: torch.Tensor, ref: Reference, idx: torch.Tensor, d2: torch.Tensor
-) -> torch.Tensor:
+def fix_close(q: Queries, ref: Reference, idx: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
     """Distances from float64 squared distances; close pairs (:data:`REMEASURE_BELOW`) are
     re-measured."""
-    scale = row_sq(Qc)[:, None] + ref.sq[idx]
+    scale = q.sq[:, None] + ref.sq[idx]
     close = d2 < REMEASURE_BELOW * scale
     if bool(close.any()):
         rows, cols = torch.nonzero(close, as_tuple=True)
         d2 = d2.clone()
-        d2[rows, cols] = measure_directly(Qc, ref.X, rows, idx[rows, cols])
+        d2[rows, cols] = measure_directly(q.raw, ref.raw, rows, idx[rows, cols])
     return torch.sqrt(d2)
 
 
@@ -362,7 +400,7 @@ def sort_rows(dist: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def sort_settled(
-    Qc: torch.Tensor,
+    q: Queries,
     ref: Reference,
     dist: torch.Tensor,
     idx: torch.Tensor,
@@ -384,7 +422,7 @@ def sort_settled(
     d2 = dist * dist
     gap = d2[:, 1:] - d2[:, :-1]  # nan where both are inf: not a run
     if err is None:
-        err = expansion_error(Qc, ref)
+        err = expansion_error(q, ref)
     run = (gap <= 2 * err[:, None]) & (d2[:, 1:] > 0)  # 0s are measured directly already
     if not bool(run.any()):
         return dist, idx
@@ -393,7 +431,7 @@ def sort_settled(
     mark[:, :-1] |= run
     rows, cols = torch.nonzero(mark, as_tuple=True)
     dist = dist.clone()
-    dist[rows, cols] = torch.sqrt(measure_directly(Qc, ref.X, rows, idx[rows, cols]))
+    dist[rows, cols] = torch.sqrt(measure_directly(q.raw, ref.raw, rows, idx[rows, cols]))
     touched = torch.unique(rows)
     dist[touched], idx[touched] = sort_rows(dist[touched], idx[touched])
     return dist, idx
@@ -493,14 +531,20 @@ class Screen:
         return 8 * eps32 * (1 + self.coef) * (q_sq + self.r_sq_max) + 1e-30
 
     def nearest(
-        self, Q: torch.Tensor, self_b: torch.Tensor | None, c: int
+        self,
+        Q: torch.Tensor,
+        self_b: torch.Tensor | None,
+        c: int,
+        q_sq: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``c`` smallest lower bounds ``key + |q|^2`` (float64, unsorted) of each row of
         ``Q`` (any float dtype; converted to the screen's), and their indices.
 
-        ``self_b[i]`` (if given) is excluded from row ``i``.
+        ``self_b[i]`` (if given) is excluded from row ``i``; ``q_sq``: the float64 squared
+        norms of ``Q``, if known.
         """
-        q_sq = row_sq(Q.double())
+        if q_sq is None:
+            q_sq = row_sq(Q.double())
         vals, cand = smallest(self.shifted(Q, self_b, q_sq), c)
         return vals.double() + q_sq[:, None], cand
 
@@ -601,7 +645,7 @@ def smallest(d2: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def refine_progressively(
-    Qc: torch.Tensor,
+    q: Queries,
     ref: Reference,
     vals: torch.Tensor,
     cand: torch.Tensor,
@@ -620,19 +664,19 @@ def refine_progressively(
     """
     b, c = cand.shape
     if c <= k:
-        return refine(Qc, ref, cand)
+        return refine(q, ref, cand)
     lb = vals - bound[:, None]
     head = _select(lb, k)[1]
-    exact = torch.full((b, c), math.inf, dtype=torch.float64, device=Qc.device)
-    exact.scatter_(1, head, refine(Qc, ref, cand.gather(1, head)))
+    exact = torch.full((b, c), math.inf, dtype=torch.float64, device=q.c.device)
+    exact.scatter_(1, head, refine(q, ref, cand.gather(1, head)))
     if err is None:
-        err = expansion_error(Qc, ref)
+        err = expansion_error(q, ref)
     u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2 + err
     todo = exact.isinf() & (lb <= u2[:, None])  # u2: the measured k-th plus its error
     if bool(todo.any()):
-        crow = torch.zeros(b + 1, dtype=torch.long, device=Qc.device)
+        crow = torch.zeros(b + 1, dtype=torch.long, device=q.c.device)
         crow[1:] = torch.cumsum(todo.sum(1), 0)
-        exact[todo] = refine_pairs(Qc, ref, crow, cand[todo])
+        exact[todo] = refine_pairs(q, ref, crow, cand[todo])
     return exact
 
 
@@ -655,22 +699,21 @@ def _knn_block(
     may tie with a point outside its ``k + 1`` candidates has every point that could tie
     measured, so ties always go by index.
     """
-    Qc = Qb - ref.mu
+    q = ref.queries(Qb)
     screen = ref.screen(dtype)
     from geomsae.neighbors import grouped  # noqa: PLC0415 (it builds on this module)
 
     if dtype != torch.float64 and n_cand >= k and grouped.fits(ref.n, n_cand):
-        q_sq = row_sq(Qc)
-        keys, cols, T = grouped.screen_groups(screen, Qc, self_b, q_sq, n_cand)
-        bound, err = screen.error_bound(q_sq), expansion_error(Qc, ref, q_sq)
-        return grouped.grouped_knn(Qc, ref, keys, cols, T, q_sq, bound, k, n_cand, self_b, err)
-    vals, cand = screen.nearest(Qc, self_b, n_cand)
+        keys, cols, T = grouped.screen_groups(screen, q.c, self_b, q.sq, n_cand)
+        bound, err = screen.error_bound(q.sq), expansion_error(q, ref)
+        return grouped.grouped_knn(q, ref, keys, cols, T, q.sq, bound, k, n_cand, self_b, err)
+    vals, cand = screen.nearest(q.c, self_b, n_cand, q.sq)
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only
         # near-duplicates, where that is not enough, are re-measured directly
-        err = expansion_error(Qc, ref)  # of the (k+1)-th value and of the k-th distance
-        exact = exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b)
-        exact, cand = sort_settled(Qc, ref, exact, cand, err)
+        err = expansion_error(q, ref)  # of the (k+1)-th value and of the k-th distance
+        exact = exclude_self(fix_close(q, ref, cand, vals.clamp_min(0)), cand, self_b)
+        exact, cand = sort_settled(q, ref, exact, cand, err)
         if n_cand >= ref.n - (self_b is not None):
             return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
         # the (k+1)-th expansion value, less its rounding bound, must exceed the k-th distance:
@@ -680,15 +723,14 @@ def _knn_block(
         if tied.numel():
             sb = None if self_b is None else self_b[tied]
             t = exact[tied, k - 1] ** 2 + 2 * err[tied]
-            e, c = _within(Qc[tied], sb, ref, t, k)
+            e, c = _within(q[tied], sb, ref, t, k)
             exact, cand = exact[:, :k].clone(), cand[:, :k].clone()
             exact[tied], cand[tied] = e, c
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
-    q_sq = row_sq(Qc)
-    bound = screen.error_bound(q_sq)
-    err = expansion_error(Qc, ref, q_sq)
-    exact = refine_progressively(Qc, ref, vals, cand, bound, k, err)
-    exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand, err)
+    bound = screen.error_bound(q.sq)
+    err = expansion_error(q, ref)
+    exact = refine_progressively(q, ref, vals, cand, bound, k, err)
+    exact, cand = sort_settled(q, ref, exclude_self(exact, cand, self_b), cand, err)
     if n_cand >= ref.n - (self_b is not None):
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
     # the k-th distance may be measured up to the expansion's error below the exact one
@@ -696,26 +738,25 @@ def _knn_block(
     return exact, cand, ok
 
 
-def expansion_error(
-    Qc: torch.Tensor, ref: Reference, q_sq: torch.Tensor | None = None
-) -> torch.Tensor:
+def expansion_error(q: Queries, ref: Reference) -> torch.Tensor:
     """Per-row bound on the float64 expansion's error, ``4 (D + 2) eps (|q|^2 + max |r|^2)``
-    (:func:`pair_error` at the row's largest scale); ``q_sq``: ``row_sq(Qc)`` if known."""
+    (:func:`pair_error` at the row's largest scale, centred norms). It covers the centring's
+    rounding too (at most ``eps (|q| + |r|)^2`` of a squared distance)."""
     r_max = float(ref.sq.max()) if ref.n else 0.0
-    return pair_error(Qc.shape[1], (row_sq(Qc) if q_sq is None else q_sq) + r_max)
+    return pair_error(q.c.shape[1], q.sq + r_max)
 
 
 def _within(
-    Qc: torch.Tensor, self_b: torch.Tensor | None, ref: Reference, t: torch.Tensor, k: int
+    q: Queries, self_b: torch.Tensor | None, ref: Reference, t: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest of each row (ties by index) among all points whose float64 expansion is
     at most ``t`` (which covers every point that can tie with the k-th)."""
     screen = ref.screen(torch.float64)
-    d2 = screen.shifted(Qc, self_b) + row_sq(Qc)[:, None]
+    d2 = screen.shifted(q.c, self_b, q.sq) + q.sq[:, None]
     c = max(k, int((d2 <= t[:, None]).sum(1).max()))
     vals, cand = smallest(d2, c)
-    exact = exclude_self(fix_close(Qc, ref, cand, vals.clamp_min(0)), cand, self_b)
-    exact, cand = sort_settled(Qc, ref, exact, cand)
+    exact = exclude_self(fix_close(q, ref, cand, vals.clamp_min(0)), cand, self_b)
+    exact, cand = sort_settled(q, ref, exact, cand)
     return exact[:, :k], cand[:, :k]
 
 

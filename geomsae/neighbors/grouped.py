@@ -27,6 +27,7 @@ import math
 import torch
 
 from geomsae.neighbors.brute import (
+    Queries,
     Reference,
     Screen,
     exclude_self,
@@ -117,7 +118,7 @@ def screen_groups(
 
 
 def refine_grouped(
-    Qc: torch.Tensor,
+    q: Queries,
     ref: Reference,
     lb: torch.Tensor,
     cols: torch.Tensor,
@@ -150,9 +151,9 @@ def refine_grouped(
         gmin = torch.cat([gmin, low[:, c * GROUP :]], 1)
     pos = first.gather(1, smallest(gmin, k)[1])
     head_cols = cols.gather(1, pos)
-    head = exclude_self(refine(Qc, ref, head_cols), head_cols, self_b)
+    head = exclude_self(refine(q, ref, head_cols), head_cols, self_b)
     if err is None:
-        err = expansion_error(Qc, ref)
+        err = expansion_error(q, ref)
     u2 = head.amax(1) ** 2 + err  # the measured k-th plus its error
     todo = low <= u2[:, None]
     todo.scatter_(1, pos, False)
@@ -167,15 +168,15 @@ def refine_grouped(
         crow[1:] = torch.cumsum(per_row, 0)
         more = cols[rows, at]
         slot = k + torch.arange(rows.numel(), device=dev) - crow[rows]
-        dist[rows, slot] = refine_pairs(Qc, ref, crow, more)
+        dist[rows, slot] = refine_pairs(q, ref, crow, more)
         idx[rows, slot] = more
         dist = exclude_self(dist, idx, self_b)
-    dist, idx = sort_settled(Qc, ref, dist, idx, err)
+    dist, idx = sort_settled(q, ref, dist, idx, err)
     return dist[:, :k], idx[:, :k]
 
 
 def grouped_knn(
-    Qc: torch.Tensor,
+    q: Queries,
     ref: Reference,
     keys: torch.Tensor,
     cols: torch.Tensor,
@@ -201,7 +202,7 @@ def grouped_knn(
     """
     lb = keys.double() + q_sq[:, None]
     if err is None:
-        err = expansion_error(Qc, ref)
-    exact, cand = refine_grouped(Qc, ref, lb, cols, bound, k, c, self_b, err)
+        err = expansion_error(q, ref)
+    exact, cand = refine_grouped(q, ref, lb, cols, bound, k, c, self_b, err)
     kth = exact[:, k - 1] ** 2 + err  # the k-th, up to its error
     return exact, cand, kth < T.double() + q_sq - bound

@@ -33,6 +33,7 @@ import torch
 
 from geomsae.neighbors import grouped
 from geomsae.neighbors.brute import (
+    Queries,
     Reference,
     Screen,
     auto_screen_dtype,
@@ -72,23 +73,23 @@ class _ZSpace:
         Zr = _z(chosen.coordinates, chosen.residual_sq, m)
         everyone = torch.arange(ref.n, device=Q.device)
         if self_idx is not None and Q.shape[0] == ref.n and torch.equal(self_idx, everyone):
-            self.Qc, Zq = ref.X, Zr  # the queries are the reference: no second centred copy
+            self.q, Zq = Queries(ref.raw, ref.X, ref.sq), Zr  # the queries are the reference
         else:
-            self.Qc = Q - ref.mu
-            Zq = _z(*coordinates(self.Qc, chosen.basis), m)
+            self.q = ref.queries(Q)
+            Zq = _z(*coordinates(self.q.c, chosen.basis), m)
         shift = Zr.mean(0)  # centring z keeps the float32 screen's rounding error small
         Zr = Zr - shift
         self.Zq = Zq - shift
         self.screen = Screen(Zr.float(), (Zr * Zr).sum(1).float())
         self.x_max = float(ref.sq.max())
 
-    def bound(self, Zq: torch.Tensor, Qc: torch.Tensor) -> torch.Tensor:
+    def bound(self, Zq: torch.Tensor, q: Queries) -> torch.Tensor:
         """Bound on |screened - exact| squared lower bound, per query row.
 
         The float32 z-product, and the float64 projection, residual and basis (worst case
         ~1e-11 of the squared norms at D = 576; 1e-9 leaves a wide margin).
         """
-        return self.screen.error_bound((Zq * Zq).sum(1)) + 1e-9 * (row_sq(Qc) + self.x_max)
+        return self.screen.error_bound((Zq * Zq).sum(1)) + 1e-9 * (q.sq + self.x_max)
 
 
 def _search(
@@ -105,7 +106,7 @@ def _search(
     Returns the k nearest found (float64 distances, indices; rows sorted) and a mask of the
     rows that are certified.
     """
-    Qc_all = z.Qc if rows is None else z.Qc[rows]
+    q_all = z.q if rows is None else z.q[rows]
     Zq_all = z.Zq if rows is None else z.Zq[rows]
     self_all = self_idx if rows is None or self_idx is None else self_idx[rows]
     # blocks of 512 rows (fewer, larger sparse products and selections; the grouped screen
@@ -113,15 +114,15 @@ def _search(
     bs = block_size or min(512, block_rows(ref.n, c * (ref.X.shape[1] + 4), None))
     sub = min(64, bs)
     dists, inds, oks = [], [], []
-    for start in range(0, Qc_all.shape[0], bs):
-        Qc = Qc_all[start : start + bs]
+    for start in range(0, len(q_all), bs):
+        q = q_all[start : start + bs]
         Zq = Zq_all[start : start + bs]
         self_b = None if self_all is None else self_all[start : start + bs]
-        bound = z.bound(Zq, Qc)
+        bound = z.bound(Zq, q)
         if grouped.fits(ref.n, c) and c >= k:
             q_sq = row_sq(Zq.double())
             keys, cols, T = grouped.screen_groups(z.screen, Zq, self_b, q_sq, c, None)
-            exact, cand, ok = grouped.grouped_knn(Qc, ref, keys, cols, T, q_sq, bound, k, c, self_b)
+            exact, cand, ok = grouped.grouped_knn(q, ref, keys, cols, T, q_sq, bound, k, c, self_b)
             oks.append(ok)
         else:
             parts = [
@@ -131,11 +132,11 @@ def _search(
                 for i in range(0, Zq.shape[0], sub)
             ]
             vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            err = expansion_error(Qc, ref)
-            exact = refine_progressively(Qc, ref, vals, cand, bound, k, err)
-            exact, cand = sort_settled(Qc, ref, exclude_self(exact, cand, self_b), cand, err)
+            err = expansion_error(q, ref)
+            exact = refine_progressively(q, ref, vals, cand, bound, k, err)
+            exact, cand = sort_settled(q, ref, exclude_self(exact, cand, self_b), cand, err)
             if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
-                oks.append(torch.ones(Qc.shape[0], dtype=torch.bool, device=Qc.device))
+                oks.append(torch.ones(len(q), dtype=torch.bool, device=Zq.device))
             else:  # the k-th distance is measured up to the float64 expansion's error
                 kth = exact[:, k - 1] ** 2 + err
                 oks.append(kth < vals.max(1).values.double() - bound)
@@ -219,10 +220,10 @@ def projected_radius(
     sub = min(64, bs)
     rows_all, cols_all, dist_all = [], [], []
     for start in range(0, Q.shape[0], bs):
-        Qc = z.Qc[start : start + bs]
-        limit = radius**2 + z.bound(z.Zq[start : start + bs], Qc)
+        q = z.q[start : start + bs]
+        limit = radius**2 + z.bound(z.Zq[start : start + bs], q)
         rs, cs = [], []
-        for i in range(0, Qc.shape[0], sub):
+        for i in range(0, len(q), sub):
             Zq32 = z.Zq[start + i : start + i + sub].float()
             self_b = None if self_idx is None else self_idx[start + i : start + i + sub]
             d2 = z.screen.shifted(Zq32, self_b)  # z-space squared distances minus |z_q|^2
@@ -231,9 +232,9 @@ def projected_radius(
             rs.append(i + r)
             cs.append(c)
         r, c = torch.cat(rs), torch.cat(cs)
-        crow = torch.zeros(Qc.shape[0] + 1, dtype=torch.long, device=Q.device)
-        crow[1:] = torch.cumsum(torch.bincount(r, minlength=Qc.shape[0]), 0)
-        dist = refine_pairs(Qc, ref, crow, c, radius=radius)
+        crow = torch.zeros(len(q) + 1, dtype=torch.long, device=Q.device)
+        crow[1:] = torch.cumsum(torch.bincount(r, minlength=len(q)), 0)
+        dist = refine_pairs(q, ref, crow, c, radius=radius)
         keep = dist <= radius
         rows_all.append(start + r[keep])
         cols_all.append(c[keep])

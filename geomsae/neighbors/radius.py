@@ -13,6 +13,7 @@ import torch
 from geomsae.neighbors.brute import (
     FLOAT32_SAFE_SQ,
     REMEASURE_BELOW,
+    Queries,
     Reference,
     auto_screen_dtype,
     block_rows,
@@ -75,14 +76,16 @@ def radius_neighbors(
     X = check_points(X, min_samples=1)
     if not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
-    Xt = as_tensor(X, device).detach()  # the search is not differentiable
-    Xt = Xt - grid_mean(Xt)  # translation-invariant; keeps the expansion's rounding error small
+    raw = as_tensor(X, device).detach()  # the search is not differentiable
+    mu = grid_mean(raw)
+    Xt = raw - mu  # translation-invariant; keeps the expansion's rounding error small
     check_block_size(block_size)
     x_sq = row_sq(Xt)
     scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
     radius = float(radius)
     if scale != 1.0:
         Xt.mul_(scale)
+        raw, mu = raw * scale, mu * scale
         radius, x_sq = radius * scale, row_sq(Xt)  # radius * scale may be inf: clamped next
     # no pair is farther apart than twice the largest centred norm: a larger radius keeps all
     radius = min(radius, 2.5 * math.sqrt(float(x_sq.max())) if len(x_sq) else 0.0)
@@ -93,17 +96,17 @@ def radius_neighbors(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     chosen = None
+    ref = Reference(Xt, mu, x_sq, raw)  # direct measurements on the points as given
     # norms beyond ~1e15 could overflow the reduced-precision keys: float64 brute force only
     safe = n == 0 or float(x_sq.max()) <= FLOAT32_SAFE_SQ
     if safe and (
         method == "projected"
         or (method == "auto" and not Xt.is_cuda and n >= 2000 and Xt.shape[1] >= 32)
     ):
-        ref = Reference.of(Xt)
         everyone = torch.arange(n, device=Xt.device)
-        chosen = plan_radius(Xt, everyone, ref, radius, force=method == "projected")
+        chosen = plan_radius(raw, everyone, ref, radius, force=method == "projected")
     if chosen is not None:
-        r, c, v = projected_radius(Xt, everyone, ref, radius, chosen, block_size=block_size)
+        r, c, v = projected_radius(raw, everyone, ref, radius, chosen, block_size=block_size)
         v = v / scale
         if max_neighbors is not None:
             over = int((torch.bincount(r, minlength=n) > cap).sum())
@@ -114,18 +117,17 @@ def radius_neighbors(
             r, c, v = _cap_rows(r, c, v, n, cap)
         return _csr(r, c, v, n)
     bs = block_size or min(512, block_rows(n, 2 * Xt.shape[1], None))  # cache-sized blocks
-    ref = Reference(Xt, torch.zeros_like(Xt[0]), x_sq)  # already centred
     dtype = auto_screen_dtype(n, 1, n - 1, Xt.is_cuda, Xt.shape[1]) if safe else torch.float64
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
     slack = 1e-9 * (float(x_sq.max()) + radius**2) + 1e-300
     rows_all, cols_all, vals_all = [], [], []
     truncated = 0
     for start in range(0, n, bs):
-        Qb = Xt[start : start + bs]
-        b = Qb.shape[0]
-        found = None if dtype == torch.float64 else _screened_block(Qb, start, ref, radius, dtype)
+        q = Queries(raw[start : start + bs], Xt[start : start + bs], x_sq[start : start + bs])
+        b = len(q)
+        found = None if dtype == torch.float64 else _screened_block(q, start, ref, radius, dtype)
         if found is None:
-            found = _expansion_block(Qb, start, Xt, x_sq, radius, slack)
+            found = _expansion_block(q, start, ref, radius, slack)
         r, c, dist = found
         if max_neighbors is not None:
             before = torch.bincount(r, minlength=b)
@@ -145,7 +147,7 @@ _MAX_CANDIDATES_PER_ROW = 512  # beyond, measuring candidates costs more than th
 
 
 def _screened_block(
-    Qb: torch.Tensor, start: int, ref: Reference, radius: float, dtype: torch.dtype
+    q: Queries, start: int, ref: Reference, radius: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Pairs of the block within ``radius`` by a low-precision screen (:class:`Screen`), or
     None when its certified lower bound leaves too many candidates to measure.
@@ -153,11 +155,10 @@ def _screened_block(
     Every pair whose lower bound (the product's rounding bound subtracted pair by pair, less
     the error of forming it) is within ``radius`` is measured exactly, so none is missed.
     """
-    b = Qb.shape[0]
+    b, q_sq = len(q), q.sq
     screen = ref.screen(dtype)
-    q_sq = ref.sq[start : start + b]
-    self_b = start + torch.arange(b, device=Qb.device)
-    keys = screen.shifted(Qb, self_b, q_sq)  # lower bounds of d^2 - |q|^2
+    self_b = start + torch.arange(b, device=q_sq.device)
+    keys = screen.shifted(q.c, self_b, q_sq)  # lower bounds of d^2 - |q|^2
     eps32 = torch.finfo(torch.float32).eps
     lim = radius**2 * (1 + 1e-9) - q_sq + screen.error_bound(q_sq) + 2 * eps32 * (radius**2 + q_sq)
     within = keys <= lim.to(keys.dtype)[:, None]
@@ -165,27 +166,22 @@ def _screened_block(
     if int(counts.sum()) > _MAX_CANDIDATES_PER_ROW * b:
         return None
     r, c = torch.nonzero(within, as_tuple=True)
-    crow = torch.zeros(b + 1, dtype=torch.long, device=Qb.device)
+    crow = torch.zeros(b + 1, dtype=torch.long, device=q_sq.device)
     crow[1:] = torch.cumsum(counts, 0)
-    dist = refine_pairs(Qb, ref, crow, c, radius=radius)
+    dist = refine_pairs(q, ref, crow, c, radius=radius)
     keep = dist <= radius
     return r[keep], c[keep], dist[keep]
 
 
 def _expansion_block(
-    Qb: torch.Tensor,
-    start: int,
-    Xt: torch.Tensor,
-    x_sq: torch.Tensor,
-    radius: float,
-    slack: float,
+    q: Queries, start: int, ref: Reference, radius: float, slack: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs of the block within ``radius`` from the float64 expansion ``|q|^2 + |r|^2 - 2 q.r``
     on centred data (accurate to ~1e-16 of the squared norms); near-duplicate pairs, where that
     is not enough, and pairs within the expansion's error of the radius are re-measured
     directly (as in :func:`geomsae.neighbors.brute.refine_pairs`)."""
-    b = Qb.shape[0]
-    d2 = matmul(Qb, Xt.T).mul_(-2.0).add_(x_sq).add_(x_sq[start : start + b, None])
+    b, Xt, x_sq = len(q), ref.X, ref.sq
+    d2 = matmul(q.c, Xt.T).mul_(-2.0).add_(x_sq).add_(q.sq[:, None])
     rows = torch.arange(b, device=d2.device)
     d2[rows, start + rows] = math.inf
     r, c = torch.nonzero(d2 <= radius**2 + slack, as_tuple=True)
@@ -196,7 +192,7 @@ def _expansion_block(
     redo |= (d2_rc - radius**2).abs() <= pair_error(Xt.shape[1], scale)  # on the boundary
     if bool(redo.any()):
         p = torch.nonzero(redo).flatten()
-        d2_rc[p] = measure_directly(Qb, Xt, r[p], c[p])
+        d2_rc[p] = measure_directly(q.raw, ref.raw, r[p], c[p])
     dist = torch.sqrt(d2_rc)
     keep = dist <= radius
     return r[keep], c[keep], dist[keep]

@@ -148,8 +148,9 @@ def knn(
     del centred
     if scale != 1.0:  # far from 1: out of float32's (or float64's) exponent range
         logger.debug("knn: data scaled by 2^%d (exact)", round(np.log2(scale)))
-        Xs = ref.X * scale
-        ref, Q = Reference(Xs, ref.mu * scale, row_sq(Xs)), Q * scale
+        same = Q is R  # the queries are the reference set: one scaled copy
+        Q = Q * scale
+        ref = ref.scaled(scale, raw=Q if same else None)
     if not reduced_precision_safe(ref, None if Y is None else Q):
         # norms beyond ~1e15: reduced-precision keys could overflow; float64 brute force only
         if method == "projected" or screen_dtype != torch.float64:
