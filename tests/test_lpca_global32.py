@@ -69,8 +69,12 @@ def test_other_rules_and_wide_data_stay_float64():
 
 @pytest.mark.parametrize("scale", [1e-23, 3e-23, 1e-22, 1e18, 1e25])
 def test_tiny_and_huge_data_give_the_float64_count(scale):
-    # float32 underflow (products below ~1e-38 lose their relative accuracy) must not certify a
-    # wrong count, and float32 overflow (entries beyond ~1e19) must fall back, not crash
+    # the estimator scales such data by a power of two first (geomsae.neighbors.unit_scale), so
+    # the float32 covariance applies at any scale; on unscaled data, float32 underflow (products
+    # below ~1e-38 lose their relative accuracy) must not certify a wrong count, and float32
+    # overflow (entries beyond ~1e19) must fall back (None), not crash
+    from geomsae.dimension.lpca import _covariance_eigenvalues32
+
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 3)) * np.array([1.0, 0.3, 0.01]) * scale
     for D in (3, 8):
@@ -78,7 +82,12 @@ def test_tiny_and_huge_data_give_the_float64_count(scale):
         fast = gd.LocalPCA().fit(Y)
         exact = gd.LocalPCA(dtype=torch.float64).fit(Y)
         assert fast.dimension_ == exact.dimension_
+        assert fast.eigenvalue_error_ > 0.0  # the float32 path, certified
+        assert np.all(np.abs(fast.eigenvalues_ - exact.eigenvalues_) <= fast.eigenvalue_error_)
+        raw = _covariance_eigenvalues32(Y)
         if scale >= 1e18:
-            assert fast.eigenvalue_error_ == 0.0  # fell back
-        else:
-            assert np.all(np.abs(fast.eigenvalues_ - exact.eigenvalues_) <= fast.eigenvalue_error_)
+            assert raw is None  # float32 overflow: the caller falls back
+        elif raw is not None:
+            lam, err = raw
+            truth = np.linalg.eigvalsh(np.cov(Y.T))[::-1]
+            assert np.all(np.abs(lam - truth) <= err)

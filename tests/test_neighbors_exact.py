@@ -170,6 +170,34 @@ def test_block_size_is_checked_for_every_method(bad):
         knn(X, True)
 
 
+
+def test_boolean_points_are_refused_for_numpy_and_torch():
+    for bad in (np.eye(4, dtype=bool), torch.eye(4, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="must hold numbers"):
+            knn(bad, 1)
+
+
+def test_integers_beyond_2_to_53_are_refused():
+    X = np.array([[2**60], [2**60 + 1], [2**60 + 3]], dtype=np.int64)  # float64 merges all
+    for arr in (X, torch.from_numpy(X)):
+        with pytest.raises(ValueError, match="beyond 2\\^53.*X - X.min"):
+            knn(arr, 1)
+    got = knn(X - X.min(0), 1)  # the fix the message names: exact
+    assert got.distances[0, 0] == 1.0
+    assert knn(np.array([[2**53], [0], [5]], dtype=np.int64), 1).distances[0, 0] == 2**53 - 5
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, 2.0, True])
+def test_counts_must_be_integers(bad):
+    from geomsae.graph import affinity_matrix, laplacian_spectrum
+
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    with pytest.raises(ValueError, match="max_neighbors must be a positive integer"):
+        radius_neighbors(X, 1.0, max_neighbors=bad)
+    with pytest.raises(ValueError, match="n_eigenvalues must be a positive integer"):
+        laplacian_spectrum(affinity_matrix(radius_neighbors(X, 2.0), 1.0), bad)
+
+
 # --- centring: coordinates far below the mean keep their digits (direct measurements are
 # made on the points as given, not on the centred copy) ---
 

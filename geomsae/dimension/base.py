@@ -14,6 +14,7 @@ duplicate-point policy.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from geomsae.neighbors import as_tensor, check_points, find_duplicates
+from geomsae.neighbors import as_tensor, check_points, find_duplicates, unit_scale
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,15 @@ class IDEstimator(BaseEstimator):
     _min_neighbors = 2
 
     def _prepare(self, X: Any, min_samples: int = 3) -> torch.Tensor:
+        """Checked float64 points, scaled by :func:`unit_scale` (kept in ``self._unit``: the
+        estimators divide their attributes in data units by it)."""
         policy = getattr(self, "on_duplicates", "raise") if self._needs_distinct else "ignore"
         Xt, self.kept_ = prepare_points(X, on_duplicates=policy, min_samples=min_samples)
+        self._unit = unit_scale(Xt)
+        if self._unit != 1.0:
+            logger.debug("%s: data scaled by 2^%d (exact)", type(self).__name__,
+                         round(math.log2(self._unit)))  # fmt: skip
+            Xt = Xt * self._unit
         return Xt
 
     def fit(self, X: Any, y: Any = None) -> IDEstimator:

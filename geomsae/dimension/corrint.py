@@ -171,7 +171,7 @@ class CorrelationDimension(IDEstimator):
         # 1e-9 so that pair counts (and the estimate) do not depend on the last bit of rounding
         radii = radii * (1 + 1e-9)
         C = correlation_integral(X, radii, nb)
-        self.radii_ = radii.cpu().numpy()
+        self.radii_ = radii.cpu().numpy() / getattr(self, "_unit", 1.0)  # in data units
         self.correlation_integral_ = C.cpu().numpy()
         if not bool((C > 0).all()):
             raise ValueError("no pairs at the smallest radius; increase k1 or use more points")

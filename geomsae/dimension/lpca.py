@@ -406,14 +406,13 @@ class LocalPCA(IDEstimator):
             k = check_n_neighbors(self.n_neighbors, X.shape[0])
             return float(self._pointwise(X, k).mean())
         n, D = X.shape
-        self.eigenvalue_error_ = 0.0
         if not X.is_cuda and self.dtype == torch.float32 and self.rule == "fo" and n > D:
             fast = _covariance_eigenvalues32(X.numpy())
             if fast is not None:
                 lam32, err = fast
                 lam, e = torch.from_numpy(lam32), torch.tensor([err], dtype=torch.float64)
                 if bool(_certified(lam[None], e, self.alpha)):
-                    self.eigenvalues_, self.eigenvalue_error_ = lam32, err
+                    self._keep_eigenvalues(lam32, err)
                     return float(self._count(lam[None])[0])
         if X.is_cuda:
             Y = X - X.mean(0)
@@ -423,8 +422,16 @@ class LocalPCA(IDEstimator):
             Y = X.numpy() - X.numpy().mean(0)
             G = Y @ Y.T if n <= D else Y.T @ Y
             lam = torch.from_numpy(np.linalg.eigvalsh(G / (n - 1))[::-1].copy())
-        self.eigenvalues_ = lam.cpu().numpy()
+        self._keep_eigenvalues(lam.cpu().numpy(), 0.0)
         return float(self._count(lam[None])[0])
+
+    def _keep_eigenvalues(self, lam: np.ndarray, err: float) -> None:
+        """``eigenvalues_`` and ``eigenvalue_error_`` in data units (squared), from those of
+        the data as scaled by ``_prepare``."""
+        u = np.float64(getattr(self, "_unit", 1.0))
+        with np.errstate(over="ignore", under="ignore"):  # beyond ~1e154: inf in data units
+            self.eigenvalues_ = np.asarray(lam) / u / u
+            self.eigenvalue_error_ = float(np.float64(err) / u / u)
 
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
         self._check()

@@ -32,7 +32,7 @@ import torch
 
 from geomsae.dimension.base import prepare_points
 from geomsae.dimension.gride import gride_mle, usable
-from geomsae.neighbors import knn
+from geomsae.neighbors import knn, unit_scale
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ def id_scale_curve(
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be an integer >= 0; got {n_bootstrap!r}")
     Xt, _ = prepare_points(X, on_duplicates=on_duplicates, min_samples=3)
+    unit = unit_scale(Xt)  # exact; the radii are divided by it again
+    if unit != 1.0:
+        Xt = Xt * unit
     n = Xt.shape[0]
     if scales is None:
         sc = _default_scales(estimator, n, max_rank)
@@ -214,7 +217,7 @@ def id_scale_curve(
     return IDScaleCurve(
         estimator=estimator,
         scales=sc.astype(float),
-        radius=dist[:, far - 1].mean(0).cpu().numpy(),
+        radius=dist[:, far - 1].mean(0).cpu().numpy() / unit,
         dimension=np.array(est),
         ci_low=np.array(lo),
         ci_high=np.array(hi),

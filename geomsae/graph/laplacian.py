@@ -32,6 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from geomsae.neighbors.checks import check_positive_int
+
 __all__ = ["LAPLACIANS", "Spectrum", "laplacian_matrix", "laplacian_spectrum"]
 
 
@@ -177,6 +179,7 @@ def laplacian_spectrum(
     factor = 1.0 if scaling_epps is None else _epps_factor(scaling_epps)
     W = _check_affinity(affinity, True)
     n = W.shape[0]
+    check_positive_int(n_eigenvalues=n_eigenvalues)
     if not 1 <= n_eigenvalues < n:
         raise ValueError(f"n_eigenvalues must be in [1, {n - 1}]; got {n_eigenvalues}")
     if method == "unnormalized":

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geomsae.neighbors.checks import check_positive_int
+
 __all__ = ["SampledManifold", "as_rng", "finish", "orthonormal_columns", "random_embedding"]
 
 RandomState = int | np.random.Generator | None
@@ -117,13 +119,6 @@ def random_embedding(d0: int, ambient_dim: int, rng: np.random.Generator) -> np.
     Q, R = np.linalg.qr(G)
     Q = Q * np.sign(np.diag(R))  # Haar measure needs the sign fix
     return Q.T
-
-
-def check_positive_int(**values: int) -> None:
-    """A ``ValueError`` for any argument that is not an integer >= 1 (bools refused)."""
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer; got {v!r}")
 
 
 def check_common(n: int, ambient_dim: int | None, noise: float) -> None:

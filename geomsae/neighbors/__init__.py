@@ -43,6 +43,7 @@ from geomsae.neighbors.checks import (
     check_points,
     deduplicate,
     find_duplicates,
+    unit_scale,
 )
 from geomsae.neighbors.plan import ProjectionPlan
 from geomsae.neighbors.radius import radius_neighbors
@@ -61,4 +62,5 @@ __all__ = [
     "find_duplicates",
     "knn",
     "radius_neighbors",
+    "unit_scale",
 ]

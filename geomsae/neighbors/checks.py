@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,10 +11,13 @@ import torch
 __all__ = [
     "as_indices",
     "as_tensor",
+    "check_block_size",
     "check_no_duplicates",
     "check_points",
+    "check_positive_int",
     "deduplicate",
     "find_duplicates",
+    "unit_scale",
 ]
 
 
@@ -35,9 +39,11 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
     Raises
     ------
     ValueError
-        If ``X`` is not 2-D, has fewer than ``min_samples`` rows or no columns, or holds NaN/Inf.
+        If ``X`` is not 2-D, has fewer than ``min_samples`` rows or no columns, holds NaN/Inf,
+        or holds integers beyond ``2^53`` (float64, in which every search computes, would
+        round them: distinct points could merge).
     TypeError
-        If ``X`` is neither array-like nor a torch tensor, or holds complex numbers.
+        If ``X`` is neither array-like nor a torch tensor, or holds booleans or complex numbers.
     """
     if not isinstance(X, torch.Tensor):
         try:
@@ -47,6 +53,8 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
         if X.dtype == object or not np.issubdtype(X.dtype, np.number):
             hint = " (a scipy.sparse matrix? pass X.toarray())" if X.dtype == object else ""
             raise TypeError(f"{name} must hold numbers; got dtype {X.dtype}{hint}")
+    if isinstance(X, torch.Tensor) and X.dtype == torch.bool:
+        raise TypeError(f"{name} must hold numbers; got dtype torch.bool (pass X.double())")
     if X.dtype.is_complex if isinstance(X, torch.Tensor) else np.iscomplexobj(X):
         raise TypeError(
             f"{name} is complex ({X.dtype}); points must be real: pass X.real, or stack real "
@@ -67,7 +75,22 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
             f"{name} contains NaN or Inf; drop those rows first "
             f"(e.g. X[np.isfinite(X).all(axis=1)])"
         )
+    _check_exact_in_float64(X, name)
     return X
+
+
+def _check_exact_in_float64(X: np.ndarray | torch.Tensor, name: str) -> None:
+    """A ValueError for integer entries beyond 2^53, which float64 rounds."""
+    integer = not X.is_floating_point() if isinstance(X, torch.Tensor) else X.dtype.kind in "iu"
+    if not integer or (X.numel() if isinstance(X, torch.Tensor) else X.size) == 0:
+        return
+    top = max(abs(int(X.min())), abs(int(X.max())))
+    if top > 2**53:
+        raise ValueError(
+            f"{name} holds integers up to {top}, beyond 2^53: float64 (in which distances are "
+            "computed) cannot hold them exactly, so distinct points could merge; subtract an "
+            "offset first (e.g. X - X.min(0)), or pass floats if the rounding is acceptable"
+        )
 
 
 def as_tensor(X: Any, device: str | torch.device | None = None) -> torch.Tensor:
@@ -76,14 +99,46 @@ def as_tensor(X: Any, device: str | torch.device | None = None) -> torch.Tensor:
     return t.to(device=device if device is not None else t.device, dtype=torch.float64)
 
 
+_UNIT_RANGE = (2.0**-40, 2.0**40)
+_UNIT_SAMPLE = 256
+
+
+def unit_scale(X: torch.Tensor) -> float:
+    """1.0, or the power of two that brings the coordinate range of a sample into [0.5, 1).
+
+    Intrinsic dimensions and tangent spaces are invariant to uniform scaling, but float64 is
+    not: squared distances and covariances overflow beyond ~1e154 and underflow below ~1e-154.
+    The estimators and local PCA scale such data by a power of two first (exact, short of
+    subnormals) and report lengths in data units again. The range (largest column
+    ``max - min``) is taken on a strided sample of 256 rows (cheap), and the data are scaled
+    only when it lies outside [2^-40, 2^40], so ordinary data are left as they are; when the
+    sample's range is 0 (all sampled rows equal), on all rows.
+    """
+    if X.numel() == 0:
+        return 1.0
+    sample = X[:: max(1, X.shape[0] // _UNIT_SAMPLE)]
+    for rows in (sample, X):
+        A = rows.detach().cpu().numpy()
+        half = float((A.max(0) * 0.5 - A.min(0) * 0.5).max())  # halves: no overflow
+        if half > 0.0:
+            break
+    if half == 0.0 or _UNIT_RANGE[0] <= 2 * half <= _UNIT_RANGE[1]:
+        return 1.0
+    return math.ldexp(1.0, min(-math.frexp(half)[1] - 1, 1023))
+
+
+def check_positive_int(**values: Any) -> None:
+    """A ``ValueError`` for any argument that is not an integer >= 1 (bools and floats such
+    as 2.5 or 2.0 refused: a silent ``int()`` would truncate)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {v!r}")
+
+
 def check_block_size(block_size: Any) -> None:
     """A ValueError unless ``block_size`` is None or an integer >= 1."""
-    if block_size is None:
-        return
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
-        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
+    if block_size is not None:
+        check_positive_int(block_size=block_size)
 
 
 def as_indices(

@@ -25,7 +25,7 @@ from geomsae.neighbors.brute import (
     refine_pairs,
     row_sq,
 )
-from geomsae.neighbors.checks import as_tensor, check_block_size, check_points
+from geomsae.neighbors.checks import as_tensor, check_block_size, check_points, check_positive_int
 from geomsae.neighbors.plan import plan_radius
 from geomsae.neighbors.projected import projected_radius
 from geomsae.neighbors.search import METHODS
@@ -90,8 +90,8 @@ def radius_neighbors(
     # no pair is farther apart than twice the largest centred norm: a larger radius keeps all
     radius = min(radius, 2.5 * math.sqrt(float(x_sq.max())) if len(x_sq) else 0.0)
     n = Xt.shape[0]
-    if max_neighbors is not None and (max_neighbors < 1):
-        raise ValueError(f"max_neighbors must be >= 1; got {max_neighbors!r}")
+    if max_neighbors is not None:
+        check_positive_int(max_neighbors=max_neighbors)
     cap = n - 1 if max_neighbors is None else min(int(max_neighbors), n - 1)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")

@@ -17,7 +17,13 @@ from geomsae.neighbors.brute import (
     reduced_precision_safe,
     row_sq,
 )
-from geomsae.neighbors.checks import as_indices, as_tensor, check_block_size, check_points
+from geomsae.neighbors.checks import (
+    as_indices,
+    as_tensor,
+    check_block_size,
+    check_points,
+    check_positive_int,
+)
 from geomsae.neighbors.plan import plan
 from geomsae.neighbors.projected import projected_knn
 
@@ -126,9 +132,7 @@ def knn(
         Q, qi, n_ref = Xt, None, R.shape[0]
         max_k = n_ref
     check_block_size(block_size)
-    bad_k = isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer))
-    if bad_k or n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be a positive integer; got {n_neighbors!r}")
+    check_positive_int(n_neighbors=n_neighbors)
     if n_neighbors > max_k:
         raise ValueError(
             f"n_neighbors={n_neighbors} but only {max_k} other points are available; "

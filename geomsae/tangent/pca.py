@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from geomsae.grassmann import fix_signs
-from geomsae.neighbors import as_indices, as_tensor, check_points
+from geomsae.neighbors import as_indices, as_tensor, check_points, unit_scale
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ def _weighted_pca(
     d: int,
     square_weights: bool,
     memory: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bases (m, D, d), eigenvalues (m, min(k, D)), centers (m, D) for padded neighbourhoods.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Bases (m, D, d), eigenvalues (m, min(k, D)), centers (m, D) for padded neighbourhoods,
+    and the power of two ``unit`` (:func:`geomsae.neighbors.unit_scale`) the data were
+    multiplied by first: eigenvalues and centers are those of ``unit * X``.
 
     ``nbr`` (m, k) holds row indices (anything valid on padding), ``w`` (m, k) normalised weights
     with 0 on padding.
@@ -115,9 +117,12 @@ def _weighted_pca(
     D = Xt.shape[1]
     n_eig = min(k, D)
     bs = _block_rows(k, D, memory)
+    unit = unit_scale(Xt)  # covariances of data beyond ~1e154 (below ~1e-154) overflow (vanish)
     bases, eigs, centers = [], [], []
     for s in range(0, m, bs):
         Z = Xt[nbr[s : s + bs]]  # (b, k, D), a fresh copy: centred and scaled in place
+        if unit != 1.0:
+            Z.mul_(unit)  # exact
         wb = w[s : s + bs]
         mu = torch.einsum("bk,bkd->bd", wb, Z)
         scale = wb if square_weights else wb.sqrt()
@@ -128,8 +133,8 @@ def _weighted_pca(
         centers.append(mu)
     if not bases:
         z = Xt.new_zeros
-        return z(0, D, d), z(0, n_eig), z(0, D)
-    return torch.cat(bases), torch.cat(eigs), torch.cat(centers)
+        return z(0, D, d), z(0, n_eig), z(0, D), unit
+    return torch.cat(bases), torch.cat(eigs), torch.cat(centers), unit
 
 
 def _check_rank(
@@ -201,8 +206,9 @@ def weighted_local_pca(
         Recorded as ``TangentSpaces.bandwidth``.
     square_weights : bool
         Use ``w^2`` in the covariance (montlake) instead of ``w``.
-    check_rank : bool
-        Raise ``ValueError`` when a neighbourhood spans fewer than ``d`` dimensions.
+    check_rank : bool or str
+        Raise ``ValueError`` when a neighbourhood spans fewer than ``d`` dimensions; a string
+        is the advice the message ends with (default: use a larger bandwidth / n_neighbors).
     memory_bytes : int
         Work-space budget per block.
 
@@ -239,10 +245,12 @@ def weighted_local_pca(
             f"indices has {idx.shape[0]} entries for {nbr.shape[0]} neighbourhoods; "
             "give one per row of neighbor_indices"
         )
-    bases, eig, centers = _weighted_pca(Xt, nbr_safe, w, d, square_weights, memory_bytes)
-    if check_rank:
-        how = "use a larger bandwidth / n_neighbors"
+    bases, eig, centers, unit = _weighted_pca(Xt, nbr_safe, w, d, square_weights, memory_bytes)
+    if check_rank:  # on the scaled values: scale-free, and nothing has under- or overflowed
+        how = check_rank if isinstance(check_rank, str) else "use a larger bandwidth / n_neighbors"
         _check_rank(eig, (w > 0).sum(1), idx, d, how, centers)
+    if unit != 1.0:  # back to data units (eigenvalues beyond ~1e308 are inf there)
+        eig, centers = eig / unit / unit, centers / unit
     nbr_out = torch.where(pad, nbr.new_full((), -1), nbr)
     out = [_to_out(t, like_torch) for t in (bases, eig, centers, idx, nbr_out, w)]
     return TangentSpaces(*out, d=int(d), bandwidth=bandwidth)
@@ -275,7 +283,7 @@ def estimate_local_dimension(
     nbr = nbr.long()
     w = as_tensor(weights, Xt.device).masked_fill(nbr < 0, 0.0)
     w = w / w.sum(1, keepdim=True)
-    _, eig, _ = _weighted_pca(Xt, nbr.clamp(min=0), w, 1, square_weights, DEFAULT_MEMORY_BYTES)
+    _, eig, _, _ = _weighted_pca(Xt, nbr.clamp(min=0), w, 1, square_weights, DEFAULT_MEMORY_BYTES)
     votes = (eig > alpha * eig[:, :1]).sum(1)
     d = int(votes.double().median().floor())
     D = Xt.shape[1]

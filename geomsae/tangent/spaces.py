@@ -19,7 +19,6 @@ from geomsae.tangent.pca import (
     _ARRAY_FIELDS,
     DEFAULT_MEMORY_BYTES,
     TangentSpaces,
-    _check_rank,
     estimate_local_dimension,
     weighted_local_pca,
 )
@@ -184,9 +183,8 @@ def tangent_spaces(
     )
     ts = weighted_local_pca(
         Xt, ind, w, d, indices=idx, bandwidth=bandwidth, square_weights=square_weights,
-        check_rank=False, memory_bytes=memory_bytes,
+        check_rank=how, memory_bytes=memory_bytes,
     )  # fmt: skip
-    _check_rank(ts.eigenvalues, (ts.weights > 0).sum(1), idx, d, how, ts.centers)
     if like_torch:
         dev = X.device
         return dataclasses.replace(
