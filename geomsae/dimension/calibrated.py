@@ -86,8 +86,9 @@ class Calibrated(IDEstimator):
     random_state : int or None, default 0
         Seed of the reference samples and of the split (for the reference samples None counts
         as 0, so that cached calibration curves stay reproducible).
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
         Duplicate-point policy, applied once before the base estimator runs.
+        ``"ignore"`` skips the check (when the points are known to be distinct).
 
     Attributes
     ----------

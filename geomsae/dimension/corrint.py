@@ -132,7 +132,9 @@ class CorrelationDimension(IDEstimator):
         Radii (log-spaced) in the regression; 2 reproduces the classic two-point slope. The radii
         are widened by 1e-9 relative, so a pair at exactly a median radius (for an odd count the
         median is itself a neighbour distance) is counted whatever the rounding.
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
+        Duplicate-point policy: raise (default) or drop the repeats; ``"ignore"`` skips the
+        check (when the points are known to be distinct).
 
     Attributes
     ----------

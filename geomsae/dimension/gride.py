@@ -141,8 +141,9 @@ class GRIDE(IDEstimator):
         Rank of the nearer neighbour.
     n2 : int, optional
         Rank of the farther neighbour (default ``2 * n1``).
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
         Duplicate points make ``r_{n1}`` zero; raise (default) or drop the repeats.
+        ``"ignore"`` skips the check (when the points are known to be distinct).
 
     Attributes
     ----------

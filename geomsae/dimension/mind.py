@@ -111,7 +111,9 @@ class MiNDML(IDEstimator):
         Continuous or integer maximisation of the likelihood.
     max_dim : int, optional
         Upper bound of the estimate (default: the ambient dimension).
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
+        Duplicate-point policy: raise (default) or drop the repeats; ``"ignore"`` skips the
+        check (when the points are known to be distinct).
     """
 
     def __init__(

@@ -77,8 +77,9 @@ class MLE(IDEstimator):
         and scikit-dimension's default).
     aggregate : {"mackay_ghahramani", "mean", "median"}
         How ``fit`` combines the pointwise estimates (default: mean of inverses, inverted).
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
         Duplicate points give ``log(T_k / 0)``; see :func:`geomsae.dimension.base.prepare_points`.
+        ``"ignore"`` skips the check (when the points are known to be distinct).
 
     Examples
     --------

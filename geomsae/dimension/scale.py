@@ -147,7 +147,9 @@ def id_scale_curve(
     confidence : float, default 0.9
         Level of the percentile intervals.
     random_state : int or None, default 0
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
+        Duplicate-point policy: raise (default) or drop the repeats; ``"ignore"`` skips the
+        check (when the points are known to be distinct).
 
     Returns
     -------

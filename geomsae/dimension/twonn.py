@@ -78,8 +78,9 @@ class TwoNN(IDEstimator):
         Fraction of the largest ratios ``r2/r1`` left out (the paper's heuristic).
     method : {"linear", "mle"}, default "linear"
         Regression through the origin on the empirical CDF, or censored maximum likelihood.
-    on_duplicates : {"raise", "drop"}
+    on_duplicates : {"raise", "drop", "ignore"}
         Points at distance 0 give ``r1 = 0``; raise (default) or drop the repeats.
+        ``"ignore"`` skips the check (when the points are known to be distinct).
 
     Attributes
     ----------
