@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
 from geomsae.neighbors import knn, radius_neighbors
@@ -170,7 +172,6 @@ def test_block_size_is_checked_for_every_method(bad):
         knn(X, True)
 
 
-
 def test_boolean_points_are_refused_for_numpy_and_torch():
     for bad in (np.eye(4, dtype=bool), torch.eye(4, dtype=torch.bool)):
         with pytest.raises(TypeError, match="must hold numbers"):
@@ -262,3 +263,77 @@ def test_cloud_beside_outliers_in_many_dimensions(method):
     rows, cols = np.nonzero(full <= r)
     assert G.nnz == rows.size
     np.testing.assert_allclose(np.asarray(G[rows, cols]).ravel(), full[rows, cols], rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 300),
+    dim=st.integers(1, 8),
+    k=st.integers(1, 5),
+    log_scale=st.integers(-150, 150),
+    log_offset=st.integers(0, 12),
+    lattice=st.booleans(),
+    n_dup=st.integers(0, 5),
+    given_y=st.booleans(),
+    screen_dtype=st.sampled_from([None, torch.bfloat16, torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_knn_matches_direct_differences(
+    n, dim, k, log_scale, log_offset, lattice, n_dup, given_y, screen_dtype, seed
+):
+    """Any scale, any offset far beyond the spread, lattices with exact ties, duplicates:
+    the neighbours of direct-difference brute force (ties by index), and its distances."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim)) * 8
+    if lattice:
+        X = np.round(X)
+    if n_dup and n > 1:
+        X[rng.integers(0, n, n_dup)] = X[rng.integers(0, n, n_dup)]
+    offset = rng.normal(size=dim) * 10.0**log_offset
+    X = (X + np.round(offset)) * 2.0 ** round(log_scale * 3.3)  # exact: a power of two
+    Q = X[: max(1, n // 3)] + 0.5 * 2.0 ** round(log_scale * 3.3) if given_y else X
+    k = min(k, n if given_y else n - 1)
+    if k < 1:
+        return
+    got = knn(Q, k, Y=X if given_y else None, screen_dtype=screen_dtype)
+    d, i = _direct_knn(Q, X, k, exclude_self=not given_y)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-7, atol=0)
+    differ = got.indices != i
+    if differ.any():  # only ties up to the truth's own last-bit rounding may differ
+        rows, cols = np.nonzero(differ)
+        theirs = np.sqrt(((Q[rows] - X[got.indices[rows, cols]]) ** 2).sum(-1))
+        np.testing.assert_allclose(theirs, d[rows, cols], rtol=1e-14, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 200),
+    dim=st.integers(1, 6),
+    log_scale=st.integers(-150, 150),
+    log_offset=st.integers(0, 12),
+    lattice=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_radius_matches_direct_differences(n, dim, log_scale, log_offset, lattice, seed):
+    """The radius graph holds exactly the pairs with direct distance <= radius, also when the
+    radius is itself a pair's distance (lattices), at any scale and offset."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim)) * 4
+    if lattice:
+        X = np.round(X)
+    unit = 2.0 ** round(log_scale * 3.3)
+    X = (X + np.round(rng.normal(size=dim) * 10.0**log_offset)) * unit
+    full = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    finite = full[np.isfinite(full)]
+    r = float(np.median(finite)) if finite.size else 1.0
+    G = radius_neighbors(X, r)
+    # off a lattice, a pair within an ulp or two of r may go either way: numpy and torch sum
+    # the squares in different orders; on a lattice every sum is exact and nothing is excused
+    slack = 0.0 if lattice else 1e-14 * r
+    C = G.tocoo()  # explicit zeros (duplicates) stay stored
+    stored = np.zeros(full.shape, dtype=bool)
+    stored[C.row, C.col] = True
+    assert not np.any((full <= r - slack) & ~stored)  # nothing inside is missed
+    assert np.all(full[C.row, C.col] <= r + slack)  # nothing outside is kept
+    np.testing.assert_allclose(C.data, full[C.row, C.col], rtol=1e-7, atol=0)
