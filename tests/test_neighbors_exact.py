@@ -337,3 +337,67 @@ def test_property_radius_matches_direct_differences(n, dim, log_scale, log_offse
     assert not np.any((full <= r - slack) & ~stored)  # nothing inside is missed
     assert np.all(full[C.row, C.col] <= r + slack)  # nothing outside is kept
     np.testing.assert_allclose(C.data, full[C.row, C.col], rtol=1e-7, atol=0)
+
+
+def test_small_differences_beside_coordinates_near_float64s_top():
+    """The centred copy is scaled up (norms ~1e-20) while the points sit at 2^1000: direct
+    measurements scale the differences, not the points (which would overflow)."""
+    X = np.array([[0.0, 2.0**1000], [1e-20, 2.0**1000], [3e-20, 2.0**1000], [7e-20, 2.0**1000]])
+    d, i = _direct_knn(X, X, 2, exclude_self=True)
+    got = knn(X, 2)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-15)
+    full = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    G = radius_neighbors(X, full[1, 2])
+    assert sorted(zip(*G.nonzero())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
+
+
+def test_tiny_differences_beside_huge_norms_do_not_underflow():
+    """Norms of 1e13 scale the centred copy down by 2^-44; differences of 1e-150 must not
+    underflow to fake duplicates when measured directly."""
+    X = np.array([[0, 0], [0, 3e-150], [0, 1e-150], [1e13, 0], [-1e13, 0]])
+    got = knn(X, 2)
+    d, i = _direct_knn(X, X, 2, exclude_self=True)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-15)
+    full = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    for r in (1e-150, 2.5e-150):
+        G = radius_neighbors(X, r)
+        assert sorted(zip(*G.nonzero())) == sorted(zip(*np.nonzero(full <= r)))
+    assert radius_neighbors(X, 1e-150)[0, 2] == 1e-150
+
+
+def test_direct_measurement_of_subnormal_differences():
+    X = np.array([[0.0], [5e-324], [2e-323], [1.0]])
+    got = knn(X, 1)
+    np.testing.assert_array_equal(got.indices.ravel(), [1, 0, 1, 0])  # 1 - 2e-323 == 1
+    np.testing.assert_array_equal(got.distances.ravel()[:3], [5e-324, 5e-324, 1.5e-323])
+
+
+def test_input_messages():
+    with pytest.raises(TypeError, match="integers beyond int64"):
+        knn([[2**70, 1], [3, 4], [5, 6]], 1)
+    import scipy.sparse
+
+    with pytest.raises(TypeError, match="toarray"):
+        knn(scipy.sparse.eye(4).tocsr(), 1)
+    with pytest.raises(ValueError, match="at least 1 point;"):
+        knn(np.zeros((0, 3)), 1)
+    with pytest.raises(ValueError, match="magnitude up to"):
+        knn(np.array([[-(2**53) - 2], [0], [1]], dtype=np.int64), 1)
+    for bad in ("1", None, True, np.nan):
+        with pytest.raises(ValueError, match="radius must be a finite number"):
+            radius_neighbors(np.eye(3), bad)
+
+
+def test_estimator_counts_must_be_integers():
+    from geomsae import dimension
+
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    with pytest.raises(ValueError, match="n_repeats must be a positive integer"):
+        dimension.Calibrated(n_repeats=1.5).fit(X)
+    with pytest.raises(ValueError, match="max_samples must be a positive integer"):
+        dimension.Calibrated(max_samples=1e3).fit(X)
+    with pytest.raises(ValueError, match="max_rank must be a positive integer"):
+        dimension.id_scale_curve(X, max_rank=64.0)

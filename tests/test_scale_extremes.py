@@ -97,3 +97,60 @@ def test_unit_scale_is_a_power_of_two_only_when_needed():
     Z = torch.zeros(1000, 3, dtype=torch.float64)
     Z[1::3] = 1e-300  # the strided sample sees only equal rows: all rows decide
     assert unit_scale(Z) != 1.0
+
+
+def test_an_outlier_the_sample_misses_does_not_overflow():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(1000, 3)) * 1e-160
+    X[1] = 1e150  # not among the sampled rows
+    u = unit_scale(torch.from_numpy(X))
+    assert np.isfinite(X * u).all()
+    dimension.LocalPCA().fit(X)  # a LinAlgError before
+    Y = rng.normal(size=(1000, 3)) * 1e-100
+    Y[1] = 1e210
+    for est in (dimension.TwoNN(), dimension.MLE(), dimension.CorrelationDimension()):
+        est.fit(Y)  # "contains NaN or Inf" before
+    dimension.id_scale_curve(Y, n_bootstrap=0)
+    # each neighbourhood is scaled on its own: only the outlier's (one direction, 1e210 long,
+    # the rest 1e-310 of it) is degenerate
+    with pytest.raises(ValueError, match="^1 neighbourhoods span fewer.*point 1\\)"):
+        tangent_spaces(Y, 2, n_neighbors=10)
+    ts = tangent_spaces(Y, 2, n_neighbors=10, indices=np.arange(2, 1000))
+    Y[1] = 1e110  # still far from the cloud: the same neighbourhoods, at 1e100 times the scale
+    ref = tangent_spaces(Y * 1e100, 2, n_neighbors=10, indices=np.arange(2, 1000))
+    P, P_ref = (t.bases @ t.bases.transpose(0, 2, 1) for t in (ts, ref))
+    np.testing.assert_allclose(P, P_ref, atol=1e-9)
+
+
+def test_a_constant_column_far_from_zero_does_not_overflow():
+    rng = np.random.default_rng(3)
+    X = np.c_[rng.normal(size=(500, 3)) * 1e-20, np.full(500, 1e300)]
+    u = unit_scale(torch.from_numpy(X))
+    assert np.isfinite(X * u).all()
+    ref = dimension.TwoNN().fit(X[:, :3]).dimension_
+    assert dimension.TwoNN().fit(X).dimension_ == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_select_radius_does_not_depend_on_the_scale(scale):
+    from geomsae.graph import select_radius
+    from geomsae.manifolds import sphere
+
+    X = sphere(400, 2, random_state=0).X
+    ref = select_radius(X, 2)
+    got = select_radius(X * scale, 2)
+    assert got.radius == pytest.approx(ref.radius * scale, rel=1e-9)
+    assert got.bandwidth == pytest.approx(ref.bandwidth * scale, rel=1e-9)
+    np.testing.assert_allclose(got.radii, ref.radii * scale, rtol=1e-9)
+    np.testing.assert_allclose(got.distortion, ref.distortion, rtol=1e-6)
+    got2 = select_radius(X * scale, 2, radii=ref.radii * scale)  # given radii, in data units
+    assert got2.radius == pytest.approx(ref.radius * scale, rel=1e-9)
+
+
+def test_scaling_epps_out_of_range_is_named():
+    from geomsae.graph import laplacian_matrix
+
+    K = np.array([[0.0, 1.0], [1.0, 0.0]])
+    for eps in (1e-200, 1e200):
+        with pytest.raises(ValueError, match="outside float64's range"):
+            laplacian_matrix(K, "geometric", scaling_epps=eps)

@@ -42,6 +42,7 @@ from sklearn.base import clone
 
 from geomsae.dimension.base import IDEstimator, check_max_dim
 from geomsae.dimension.twonn import TwoNN
+from geomsae.neighbors.checks import check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +195,9 @@ class Calibrated(IDEstimator):
     def _check(self) -> None:
         if self.reference not in _REFERENCES:
             raise ValueError(f"reference must be one of {_REFERENCES}; got {self.reference!r}")
-        if self.n_repeats < 1 or self.max_samples < 10:
-            raise ValueError("need n_repeats >= 1 and max_samples >= 10")
+        check_positive_int(n_repeats=self.n_repeats, max_samples=self.max_samples)
+        if self.max_samples < 10:
+            raise ValueError(f"max_samples must be >= 10; got {self.max_samples!r}")
 
     def _cap(self, X: torch.Tensor) -> int:
         """The largest dimension of the calibration (``max_dim``, default the ambient one)."""

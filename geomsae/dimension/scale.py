@@ -33,6 +33,7 @@ import torch
 from geomsae.dimension.base import prepare_points
 from geomsae.dimension.gride import gride_mle, usable
 from geomsae.neighbors import knn, unit_scale
+from geomsae.neighbors.checks import check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def id_scale_curve(
         raise ValueError(f"n_bootstrap must be an integer >= 0; got {n_bootstrap!r}")
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be an integer >= 0; got {n_bootstrap!r}")
+    check_positive_int(max_rank=max_rank)
     Xt, _ = prepare_points(X, on_duplicates=on_duplicates, min_samples=3)
     unit = unit_scale(Xt)  # exact; the radii are divided by it again
     if unit != 1.0:

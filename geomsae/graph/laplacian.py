@@ -25,6 +25,7 @@ density. Zero degrees are replaced by 1 (isolated points), as in megaman.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -214,4 +215,10 @@ def _epps_factor(scaling_epps: float) -> float:
         raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
     if scaling_epps <= 0:
         raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
-    return 4.0 / float(scaling_epps) ** 2
+    factor = 4.0 / float(scaling_epps) / float(scaling_epps)
+    if not 0.0 < factor < math.inf:
+        raise ValueError(
+            f"scaling_epps={scaling_epps!r} puts 4 / scaling_epps^2 outside float64's range; "
+            "rescale the data (e.g. X / X.std()) and the bandwidth with it"
+        )
+    return factor

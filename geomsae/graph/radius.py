@@ -35,7 +35,7 @@ import torch
 from geomsae.graph.affinity import affinity_matrix
 from geomsae.graph.laplacian import laplacian_matrix
 from geomsae.grassmann import grassmann_distance
-from geomsae.neighbors import as_tensor, check_points, knn, radius_neighbors
+from geomsae.neighbors import as_tensor, check_points, knn, radius_neighbors, unit_scale
 from geomsae.tangent import weighted_local_pca
 
 logger = logging.getLogger(__name__)
@@ -198,8 +198,15 @@ def select_radius(
         raise ValueError(f"cutoff must be a finite number > 0; got {cutoff!r}")
     rng = np.random.default_rng(random_state)
     sample = np.sort(rng.choice(n, size=min(int(n_samples), n), replace=False))
+    # every curve is scale-free: data far from unit scale (float64's squares over- or
+    # underflow beyond ~1e±154) are scaled by a power of two, the radii scaled back at the end
+    unit = unit_scale(Xt)
+    if unit != 1.0:
+        Xt = Xt * unit
     if radii is None:
         radii = _default_radii(Xt, sample, min_neighbors, n_radii)
+    else:
+        radii = np.asarray(radii, dtype=float) * unit
     radii = np.sort(np.asarray(radii, dtype=float).ravel())
     if radii.size == 0 or not np.isfinite(radii).all() or (radii <= 0).any():
         raise ValueError("radii must be a non-empty array of finite numbers > 0")
@@ -237,7 +244,8 @@ def select_radius(
     if not np.isfinite(score).any():
         raise ValueError(
             f"no candidate radius gives every sample point {min_neighbors} neighbours and a finite "
-            f"{criterion}; try larger radii (largest was {radii[-1]:.4g}) or fewer min_neighbors"
+            f"{criterion}; try larger radii (largest was {radii[-1] / unit:.4g}) or fewer "
+            "min_neighbors"
         )
     best = int(np.nanargmin(score))
     finite = np.flatnonzero(np.isfinite(score))
@@ -245,8 +253,9 @@ def select_radius(
         logger.warning(
             "select_radius: %s is smallest at the largest candidate radius (%.4g); the minimum "
             "may lie beyond it: pass larger radii",
-            criterion, radii[best],
+            criterion, radii[best] / unit,
         )  # fmt: skip
+    radii = radii / unit  # data units again
     logger.info(
         "select_radius: %s picks radius %.4g (eps %.4g, %.1f neighbours)",
         criterion, radii[best], radii[best] / cutoff, mean_nb[best],

@@ -132,11 +132,11 @@ would make every bound infinite and every row look certified). Beyond, float64 t
 
 
 def reduced_precision_safe(ref: Reference, Q: torch.Tensor | None = None) -> bool:
-    """Whether the reference set (and the uncentred queries ``Q``, if they are not the
+    """Whether the reference set (and the queries ``Q``, as given, if they are not the
     reference's own rows) have squared norms below :data:`FLOAT32_SAFE_SQ` after centring."""
     if ref.n and float(ref.sq.max()) > FLOAT32_SAFE_SQ:
         return False
-    return Q is None or Q.shape[0] == 0 or float(row_sq(Q - ref.mu).max()) <= FLOAT32_SAFE_SQ
+    return Q is None or Q.shape[0] == 0 or float(ref.queries(Q).sq.max()) <= FLOAT32_SAFE_SQ
 
 
 SCALE_RANGE = (2.0**-40, 2.0**40)
@@ -227,28 +227,35 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
 class Reference:
     """The reference set, centred once (the expansion's cancellation error scales with norms).
 
-    The centred copy serves the screens and the expansion ``|q|^2 + |r|^2 - 2 q.r``, whose
-    error (~eps of the squared norms) already exceeds what centring rounds away. Distances
-    measured directly (near-duplicates, near-ties, pairs at the radius) are taken on the
-    points as given, ``raw``: centring rounds coordinates at the mean's last place, so a
-    coordinate of 1e-17 beside a mean of 1 would be lost (a fake duplicate).
+    The centred copy ``X = scale (raw - mu)`` serves the screens and the expansion
+    ``|q|^2 + |r|^2 - 2 q.r``, whose error (~eps of the squared norms) already exceeds what
+    centring rounds away; ``scale`` is a power of two (:func:`power_of_two_scale`) that keeps
+    it in the screens' exponent range. Distances measured directly (near-duplicates,
+    near-ties, pairs at the radius: :func:`measure_directly`) are taken on the points as given,
+    ``raw``: centring rounds coordinates at the mean's last place, so a coordinate of 1e-17
+    beside a mean of 1 would be lost (a fake duplicate), and scaling ``raw`` could overflow
+    (or its small differences underflow) where the centred copy does not. Distances are in
+    the units of ``X`` (``scale`` times the data's) throughout a search.
 
     Attributes
     ----------
     X : tensor of shape (n_reference, n_features), float64
-        Centred reference points.
+        Centred (and scaled) reference points.
     mu : tensor of shape (n_features,)
-        The mean that was subtracted (queries are centred with it too).
+        The mean that was subtracted, in data units (queries are centred with it too).
     sq : tensor of shape (n_reference,)
         Squared norms of the rows of ``X``.
     raw : tensor of shape (n_reference, n_features), float64
-        The points before centring (scaled like ``X``).
+        The points as given.
+    scale : float
+        The power of two ``X`` is scaled by.
     """
 
     X: torch.Tensor
     mu: torch.Tensor
     sq: torch.Tensor
     raw: torch.Tensor
+    scale: float = 1.0
     _screens: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -257,15 +264,16 @@ class Reference:
         Rc = R - mu
         return cls(Rc, mu, row_sq(Rc), R)
 
-    def scaled(self, s: float, raw: torch.Tensor | None = None) -> Reference:
-        """This set multiplied by ``s`` (a power of two: exact); ``raw``: ``s * self.raw`` if
-        already made."""
+    def scaled(self, s: float) -> Reference:
+        """This set with its centred copy multiplied by ``s`` (a power of two: exact)."""
         Xs = self.X * s
-        return Reference(Xs, self.mu * s, row_sq(Xs), self.raw * s if raw is None else raw)
+        return Reference(Xs, self.mu, row_sq(Xs), self.raw, self.scale * s)
 
     def queries(self, Q: torch.Tensor) -> Queries:
-        """The rows ``Q`` (as given, scaled like this set) as :class:`Queries` of it."""
+        """The rows ``Q`` (as given) as :class:`Queries` of this set: centred and scaled like it."""
         Qc = Q - self.mu
+        if self.scale != 1.0:
+            Qc.mul_(self.scale)
         return Queries(Q, Qc, row_sq(Qc))
 
     def screen(self, dtype: torch.dtype) -> Screen:
@@ -281,8 +289,8 @@ class Reference:
 
 @dataclass
 class Queries:
-    """A block of query rows, as given (``raw``: direct measurements) and centred with the
-    reference's mean (``c``: screens and the expansion); ``sq``: squared norms of ``c``.
+    """A block of query rows, as given (``raw``: direct measurements) and centred and scaled
+    like the reference (``c``: screens and the expansion); ``sq``: squared norms of ``c``.
     Made by :meth:`Reference.queries`."""
 
     raw: torch.Tensor
@@ -321,17 +329,39 @@ def _csr_dots(
 
 
 def measure_directly(
-    Q: torch.Tensor, R: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    q: Queries, ref: Reference, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
-    """Squared distances ``|Q[rows[p]] - R[cols[p]]|^2`` summed directly (no cancellation),
-    in chunks of pairs that keep the gathered differences within the work-space budget.
-    Pass the points as given (``Queries.raw``, ``Reference.raw``), not centred copies."""
-    out = torch.empty(rows.numel(), dtype=torch.float64, device=Q.device)
-    step = max(1, DEFAULT_MEMORY_BYTES // (16 * max(Q.shape[1], 1)))
+    """Distances ``ref.scale * |q.raw[rows[p]] - ref.raw[cols[p]]|``, summed directly (no
+    cancellation) on the points as given, in chunks of pairs that keep the gathered
+    differences within the work-space budget.
+
+    Each difference is brought to [0.5, 1) in its largest entry by a power of two before it
+    is squared, so neither the squares nor the scaled distance under- or overflow short of
+    the result itself (differences of 1e-150 beside coordinates of 1e13, 1e-20 beside 2^1000);
+    elsewhere the result is bit for bit ``scale * sqrt(sum(diff^2))``.
+    """
+    out = torch.empty(rows.numel(), dtype=torch.float64, device=q.c.device)
+    step = max(1, DEFAULT_MEMORY_BYTES // (16 * max(q.c.shape[1], 1)))
+    s_exp = math.frexp(ref.scale)[1] - 1  # scale = 2^s_exp
     for s in range(0, rows.numel(), step):
-        diff = R[cols[s : s + step]] - Q[rows[s : s + step]]
-        out[s : s + step] = (diff * diff).sum(1)
+        diff = ref.raw[cols[s : s + step]] - q.raw[rows[s : s + step]]
+        top = diff.abs().amax(1) if diff.shape[1] else diff.new_zeros(diff.shape[0])
+        e = torch.frexp(top).exponent.long()  # top = m 2^e, m in [0.5, 1); 0 for top = 0
+        diff = _ldexp(diff, -e[:, None])
+        out[s : s + step] = _ldexp(torch.sqrt((diff * diff).sum(1)), e + s_exp)
     return out
+
+
+def _ldexp(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``x * 2^e`` exactly (short of the result's own under- or overflow), for integer
+    exponents beyond float64's range too (subnormal differences need up to 2^1073), in steps
+    of at most 2^1000."""
+    while True:
+        step = e.clamp(-1000, 1000)
+        x = x * torch.pow(2.0, step.to(x.dtype))
+        e = e - step
+        if not bool((e != 0).any()):
+            return x
 
 
 def pair_error(n_features: int, scale_sq: torch.Tensor) -> torch.Tensor:
@@ -360,13 +390,14 @@ def refine_pairs(
     rows = torch.repeat_interleave(torch.arange(len(q), device=q.c.device), torch.diff(crow))
     scale = q.sq[rows] + ref.sq[cols]
     d2 = (scale - 2.0 * _csr_dots(q.c, ref.X, crow, cols)).clamp_min(0)
-    redo = d2 < REMEASURE_BELOW * scale
+    redo = d2 <= REMEASURE_BELOW * scale  # <=: squares that underflowed to 0
     if radius is not None:
         redo |= (d2 - radius**2).abs() <= pair_error(q.c.shape[1], scale)
+    dist = torch.sqrt(d2)
     if bool(redo.any()):
         p = torch.nonzero(redo).flatten()
-        d2[p] = measure_directly(q.raw, ref.raw, rows[p], cols[p])
-    return torch.sqrt(d2)
+        dist[p] = measure_directly(q, ref, rows[p], cols[p])
+    return dist
 
 
 def refine(q: Queries, ref: Reference, idx: torch.Tensor) -> torch.Tensor:
@@ -383,12 +414,12 @@ def fix_close(q: Queries, ref: Reference, idx: torch.Tensor, d2: torch.Tensor) -
     """Distances from float64 squared distances; close pairs (:data:`REMEASURE_BELOW`) are
     re-measured."""
     scale = q.sq[:, None] + ref.sq[idx]
-    close = d2 < REMEASURE_BELOW * scale
+    close = d2 <= REMEASURE_BELOW * scale
+    dist = torch.sqrt(d2)
     if bool(close.any()):
         rows, cols = torch.nonzero(close, as_tuple=True)
-        d2 = d2.clone()
-        d2[rows, cols] = measure_directly(q.raw, ref.raw, rows, idx[rows, cols])
-    return torch.sqrt(d2)
+        dist[rows, cols] = measure_directly(q, ref, rows, idx[rows, cols])
+    return dist
 
 
 def sort_rows(dist: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,7 +454,7 @@ def sort_settled(
     gap = d2[:, 1:] - d2[:, :-1]  # nan where both are inf: not a run
     if err is None:
         err = expansion_error(q, ref)
-    run = (gap <= 2 * err[:, None]) & (d2[:, 1:] > 0)  # 0s are measured directly already
+    run = (gap <= 2 * err[:, None]) & (dist[:, 1:] > 0)  # 0s are measured directly already
     if not bool(run.any()):
         return dist, idx
     mark = torch.zeros_like(dist, dtype=torch.bool)
@@ -431,7 +462,7 @@ def sort_settled(
     mark[:, :-1] |= run
     rows, cols = torch.nonzero(mark, as_tuple=True)
     dist = dist.clone()
-    dist[rows, cols] = torch.sqrt(measure_directly(q.raw, ref.raw, rows, idx[rows, cols]))
+    dist[rows, cols] = measure_directly(q, ref, rows, idx[rows, cols])
     touched = torch.unique(rows)
     dist[touched], idx[touched] = sort_rows(dist[touched], idx[touched])
     return dist, idx

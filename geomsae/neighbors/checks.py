@@ -51,7 +51,11 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
         except Exception as exc:  # pragma: no cover - exotic inputs
             raise TypeError(f"{name} must be a numpy array or a torch tensor") from exc
         if X.dtype == object or not np.issubdtype(X.dtype, np.number):
-            hint = " (a scipy.sparse matrix? pass X.toarray())" if X.dtype == object else ""
+            hint = ""
+            if X.dtype == object and X.ndim == 0:
+                hint = " (a scipy.sparse matrix? pass X.toarray())"
+            elif X.dtype == object:
+                hint = " (ragged rows, non-numbers, or integers beyond int64?)"
             raise TypeError(f"{name} must hold numbers; got dtype {X.dtype}{hint}")
     if isinstance(X, torch.Tensor) and X.dtype == torch.bool:
         raise TypeError(f"{name} must hold numbers; got dtype torch.bool (pass X.double())")
@@ -69,7 +73,8 @@ def check_points(X: Any, *, name: str = "X", min_samples: int = 2) -> np.ndarray
     if shape[1] == 0:
         raise ValueError(f"{name} has no features (shape {shape})")
     if shape[0] < min_samples:
-        raise ValueError(f"{name} needs at least {min_samples} points; got {shape[0]}")
+        points = "point" if min_samples == 1 else "points"
+        raise ValueError(f"{name} needs at least {min_samples} {points}; got {shape[0]}")
     if not _all_finite(X):
         raise ValueError(
             f"{name} contains NaN or Inf; drop those rows first "
@@ -87,9 +92,10 @@ def _check_exact_in_float64(X: np.ndarray | torch.Tensor, name: str) -> None:
     top = max(abs(int(X.min())), abs(int(X.max())))
     if top > 2**53:
         raise ValueError(
-            f"{name} holds integers up to {top}, beyond 2^53: float64 (in which distances are "
-            "computed) cannot hold them exactly, so distinct points could merge; subtract an "
-            "offset first (e.g. X - X.min(0)), or pass floats if the rounding is acceptable"
+            f"{name} holds integers of magnitude up to {top}, beyond 2^53: float64 (in which "
+            "distances are computed) cannot hold them exactly, so distinct points could merge; "
+            "subtract an offset first (e.g. X - X.min(0)), or pass floats if the rounding is "
+            "acceptable"
         )
 
 
@@ -104,27 +110,31 @@ _UNIT_SAMPLE = 256
 
 
 def unit_scale(X: torch.Tensor) -> float:
-    """1.0, or the power of two that brings the coordinate range of a sample into [0.5, 1).
+    """1.0, or the power of two that brings the data's coordinate range into [0.5, 1).
 
     Intrinsic dimensions and tangent spaces are invariant to uniform scaling, but float64 is
     not: squared distances and covariances overflow beyond ~1e154 and underflow below ~1e-154.
     The estimators and local PCA scale such data by a power of two first (exact, short of
-    subnormals) and report lengths in data units again. The range (largest column
-    ``max - min``) is taken on a strided sample of 256 rows (cheap), and the data are scaled
-    only when it lies outside [2^-40, 2^40], so ordinary data are left as they are; when the
-    sample's range is 0 (all sampled rows equal), on all rows.
+    subnormals) and report lengths in data units again. A strided sample of 256 rows decides
+    cheaply whether to scale: only when its range (largest column ``max - min``) lies outside
+    [2^-40, 2^40], or is 0, are all rows read, and the factor then comes from their range,
+    capped so that the largest ``|entry|`` stays below 2^1000 (an outlier, or a constant
+    column far from 0, must not overflow).
     """
     if X.numel() == 0:
         return 1.0
-    sample = X[:: max(1, X.shape[0] // _UNIT_SAMPLE)]
-    for rows in (sample, X):
-        A = rows.detach().cpu().numpy()
-        half = float((A.max(0) * 0.5 - A.min(0) * 0.5).max())  # halves: no overflow
-        if half > 0.0:
-            break
+    sample = X[:: max(1, X.shape[0] // _UNIT_SAMPLE)].detach().cpu().numpy()
+    half = float((sample.max(0) * 0.5 - sample.min(0) * 0.5).max())  # halves: no overflow
+    if half > 0.0 and _UNIT_RANGE[0] <= 2 * half <= _UNIT_RANGE[1]:
+        return 1.0
+    A = X.detach().cpu().numpy()
+    hi, lo = A.max(0), A.min(0)
+    half = float((hi * 0.5 - lo * 0.5).max())
     if half == 0.0 or _UNIT_RANGE[0] <= 2 * half <= _UNIT_RANGE[1]:
         return 1.0
-    return math.ldexp(1.0, min(-math.frexp(half)[1] - 1, 1023))
+    top = float(max(np.abs(hi).max(), np.abs(lo).max()))
+    exp = min(-math.frexp(half)[1] - 1, 1000 - math.frexp(top)[1], 1023)
+    return math.ldexp(1.0, exp)
 
 
 def check_positive_int(**values: Any) -> None:

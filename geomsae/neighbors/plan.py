@@ -244,7 +244,7 @@ def plan(
     Qs, self_s = _sample(Q, self_idx)
     u, _ = brute_knn(Qs, self_s, ref, k, screen_dtype=torch.float32)
     u2 = u[:, -1] ** 2 * (1 + 1e-9)  # (s,) exact k-th squared distances
-    counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
+    counter = _BoundCounter(ref.queries(Qs).c, self_s, ref, _basis(ref, n_max))
     s = Qs.shape[0]
     brute_dtype = auto_screen_dtype(n, k, n - (self_idx is not None), Q.is_cuda, D)
     brute_cost = n * (D * (0.5 if brute_dtype == torch.bfloat16 else 1.0) + _SCREEN_PER_PAIR)
@@ -317,7 +317,7 @@ def plan_radius(
         return None
     Qs, self_s = _sample(Q, self_idx)
     u2 = torch.full((Qs.shape[0],), radius**2 * (1 + 1e-9), dtype=torch.float64, device=Q.device)
-    counter = _BoundCounter(Qs - ref.mu, self_s, ref, _basis(ref, n_max))
+    counter = _BoundCounter(ref.queries(Qs).c, self_s, ref, _basis(ref, n_max))
     best: tuple[float, int, float] | None = None
     last = math.inf
     for m in _grid(n_max):

@@ -74,7 +74,8 @@ def radius_neighbors(
         sorted within each row.
     """
     X = check_points(X, min_samples=1)
-    if not np.isfinite(radius) or radius < 0:
+    real = not isinstance(radius, bool) and isinstance(radius, (int, float, np.number))
+    if not real or not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     raw = as_tensor(X, device).detach()  # the search is not differentiable
     mu = grid_mean(raw)
@@ -83,9 +84,8 @@ def radius_neighbors(
     x_sq = row_sq(Xt)
     scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
     radius = float(radius)
-    if scale != 1.0:
+    if scale != 1.0:  # the centred copy only: direct measurements scale their differences
         Xt.mul_(scale)
-        raw, mu = raw * scale, mu * scale
         radius, x_sq = radius * scale, row_sq(Xt)  # radius * scale may be inf: clamped next
     # no pair is farther apart than twice the largest centred norm: a larger radius keeps all
     radius = min(radius, 2.5 * math.sqrt(float(x_sq.max())) if len(x_sq) else 0.0)
@@ -96,7 +96,7 @@ def radius_neighbors(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     chosen = None
-    ref = Reference(Xt, mu, x_sq, raw)  # direct measurements on the points as given
+    ref = Reference(Xt, mu, x_sq, raw, scale)  # direct measurements on the points as given
     # norms beyond ~1e15 could overflow the reduced-precision keys: float64 brute force only
     safe = n == 0 or float(x_sq.max()) <= FLOAT32_SAFE_SQ
     if safe and (
@@ -188,12 +188,12 @@ def _expansion_block(
     d2_rc = d2[r, c].clamp_min(0)
     del d2
     scale = x_sq[start + r] + x_sq[c]
-    redo = d2_rc < REMEASURE_BELOW * scale
+    redo = d2_rc <= REMEASURE_BELOW * scale
     redo |= (d2_rc - radius**2).abs() <= pair_error(Xt.shape[1], scale)  # on the boundary
+    dist = torch.sqrt(d2_rc)
     if bool(redo.any()):
         p = torch.nonzero(redo).flatten()
-        d2_rc[p] = measure_directly(q.raw, ref.raw, r[p], c[p])
-    dist = torch.sqrt(d2_rc)
+        dist[p] = measure_directly(q, ref, r[p], c[p])
     keep = dist <= radius
     return r[keep], c[keep], dist[keep]
 

@@ -78,7 +78,8 @@ def knn(
         Only with ``Y=None``: search neighbours (among all of ``X``) of the rows
         ``X[query_indices]`` only, still excluding each query itself.
     screen_dtype : torch.dtype, optional
-        Brute force only; every choice gives the same neighbours and float64 distances (to ~1 ulp).
+        Brute force only; every choice gives the same neighbours and float64 distances (to a few
+        ulp).
         None (default) picks float32 on GPUs; on CPU, when the reference set is large next to the
         number of candidates (``n_reference >= 40 * (k + max(4, k // 4))``), bfloat16 if the CPU
         multiplies it natively (AVX-512 BF16 or AMX), ``n_features >= 64`` and ``k <= 32`` or
@@ -90,14 +91,14 @@ def knn(
         can be nearer) and rows that cannot be are screened again in the next precision (bfloat16,
         float32, float64).
     method : {"auto", "brute", "projected"}
-        All three return the same neighbours (distances agree to ~1 ulp). ``"brute"``: compare each
-        query with every point in ``n_features`` dimensions. ``"projected"``: screen candidates with
-        a certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions plus the
-        residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly, screen
-        uncertified rows again with 4x the candidates (at most all other points), then brute force.
-        ``"auto"`` (default) plans the projection on a sample of queries on CPU when ``n_reference
-        >= 2000`` and ``n_features >= 32``, and uses it when it predicts it at least 1.5x cheaper;
-        otherwise brute force (always on GPUs, where the full product is cheap).
+        All three return the same neighbours (distances agree to a few ulp). ``"brute"``: compare
+        each query with every point in ``n_features`` dimensions. ``"projected"``: screen candidates
+        with a certified lower bound in ``m + 1`` dimensions (the top ``m`` principal directions
+        plus the residual norm; see :mod:`geomsae.neighbors.projected`), re-measure them exactly,
+        screen uncertified rows again with 4x the candidates (at most all other points), then brute
+        force. ``"auto"`` (default) plans the projection on a sample of queries on CPU when
+        ``n_reference >= 2000`` and ``n_features >= 32``, and uses it when it predicts it at least
+        1.5x cheaper; otherwise brute force (always on GPUs, where the full product is cheap).
     device : str or torch.device, optional
         Where to compute; default the input's device. Outputs follow the input's type and device.
 
@@ -105,7 +106,13 @@ def knn(
     -------
     Neighbors
         ``distances`` (float64) and ``indices`` (int64), each of shape (n_queries, n_neighbors),
-        rows sorted ascending.
+        rows sorted ascending. The neighbours are exact (ties by index). A distance comes from the
+        float64 expansion ``|q|^2 + |r|^2 - 2 q.r`` on centred data (its square within ~``D eps
+        (|q|^2 + |r|^2)`` of the exact one, ``D = n_features``; measured 3e-15 relative at D = 5)
+        or, for near-duplicates and near-ties, is measured directly. A radius taken from these
+        distances for :func:`radius_neighbors` (which decides its boundary on direct measurements)
+        should be widened by that much, e.g. ``r * (1 + 1e-12)``, to be sure the neighbour lies
+        within it.
     """
     like_torch = isinstance(X, torch.Tensor)
     out_device = X.device if like_torch else None
@@ -152,9 +159,7 @@ def knn(
     del centred
     if scale != 1.0:  # far from 1: out of float32's (or float64's) exponent range
         logger.debug("knn: data scaled by 2^%d (exact)", round(np.log2(scale)))
-        same = Q is R  # the queries are the reference set: one scaled copy
-        Q = Q * scale
-        ref = ref.scaled(scale, raw=Q if same else None)
+        ref = ref.scaled(scale)  # the queries stay as given: Reference.queries scales them
     if not reduced_precision_safe(ref, None if Y is None else Q):
         # norms beyond ~1e15: reduced-precision keys could overflow; float64 brute force only
         if method == "projected" or screen_dtype != torch.float64:

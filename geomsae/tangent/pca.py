@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from geomsae.grassmann import fix_signs
-from geomsae.neighbors import as_indices, as_tensor, check_points, unit_scale
+from geomsae.neighbors import as_indices, as_tensor, check_points
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,14 @@ def _weighted_pca(
     d: int,
     square_weights: bool,
     memory: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bases (m, D, d), eigenvalues (m, min(k, D)), centers (m, D) for padded neighbourhoods,
-    and the power of two ``unit`` (:func:`geomsae.neighbors.unit_scale`) the data were
-    multiplied by first: eigenvalues and centers are those of ``unit * X``.
+    and per neighbourhood the power of two ``unit`` (m,) its centred points were multiplied
+    by: the eigenvalues are those of ``unit * (X_nbr - mu)`` (in data units: ``/ unit^2``).
+
+    Scaling each centred neighbourhood to a largest entry in [0.5, 1) (exact) keeps its
+    covariance clear of float64's over- and underflow (beyond ~1e154, below ~1e-154) whatever
+    the data's scale, and whatever other points' scale is.
 
     ``nbr`` (m, k) holds row indices (anything valid on padding), ``w`` (m, k) normalised weights
     with 0 on padding.
@@ -117,24 +121,26 @@ def _weighted_pca(
     D = Xt.shape[1]
     n_eig = min(k, D)
     bs = _block_rows(k, D, memory)
-    unit = unit_scale(Xt)  # covariances of data beyond ~1e154 (below ~1e-154) overflow (vanish)
-    bases, eigs, centers = [], [], []
+    bases, eigs, centers, units = [], [], [], []
     for s in range(0, m, bs):
         Z = Xt[nbr[s : s + bs]]  # (b, k, D), a fresh copy: centred and scaled in place
-        if unit != 1.0:
-            Z.mul_(unit)  # exact
         wb = w[s : s + bs]
         mu = torch.einsum("bk,bkd->bd", wb, Z)
         scale = wb if square_weights else wb.sqrt()
-        Z.sub_(mu[:, None, :]).mul_(scale[:, :, None])  # C = Z^T Z
+        Z.sub_(mu[:, None, :])
+        top = Z.abs().amax((1, 2)) if Z.numel() else Z.new_zeros(Z.shape[0])
+        e = torch.frexp(top).exponent.clamp(-1000, 1000)  # top = m 2^e; 0 for top = 0
+        unit = torch.pow(2.0, -e.to(Z.dtype))  # exact
+        Z.mul_((scale * unit[:, None])[:, :, None])  # C = Z^T Z
         V, lam = _top_eigvecs(Z, d)
         bases.append(fix_signs(V))
         eigs.append(lam)
         centers.append(mu)
+        units.append(unit)
     if not bases:
         z = Xt.new_zeros
-        return z(0, D, d), z(0, n_eig), z(0, D), unit
-    return torch.cat(bases), torch.cat(eigs), torch.cat(centers), unit
+        return z(0, D, d), z(0, n_eig), z(0, D), z(0)
+    return torch.cat(bases), torch.cat(eigs), torch.cat(centers), torch.cat(units)
 
 
 def _check_rank(
@@ -248,9 +254,8 @@ def weighted_local_pca(
     bases, eig, centers, unit = _weighted_pca(Xt, nbr_safe, w, d, square_weights, memory_bytes)
     if check_rank:  # on the scaled values: scale-free, and nothing has under- or overflowed
         how = check_rank if isinstance(check_rank, str) else "use a larger bandwidth / n_neighbors"
-        _check_rank(eig, (w > 0).sum(1), idx, d, how, centers)
-    if unit != 1.0:  # back to data units (eigenvalues beyond ~1e308 are inf there)
-        eig, centers = eig / unit / unit, centers / unit
+        _check_rank(eig, (w > 0).sum(1), idx, d, how, centers * unit[:, None])
+    eig = eig / unit[:, None] / unit[:, None]  # data units (beyond ~1e308: inf)
     nbr_out = torch.where(pad, nbr.new_full((), -1), nbr)
     out = [_to_out(t, like_torch) for t in (bases, eig, centers, idx, nbr_out, w)]
     return TangentSpaces(*out, d=int(d), bandwidth=bandwidth)
