@@ -78,24 +78,44 @@ def _block_rows(k: int, D: int, memory: int) -> int:
     return max(1, memory // max(per_row, 1))
 
 
-def _top_eigvecs(Z: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-d eigenvectors (b, D, d) and all eigenvalues (b, min(k, D)), descending, of Z^T Z.
+_SAFE_TRACE = (2.0**-900, 2.0**900)
+
+
+def _top_eigvecs(Z: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-d eigenvectors (b, D, d) and all eigenvalues (b, min(k, D)), descending, of Z^T Z,
+    and per row the power of two ``unit`` (b,) that ``Z`` was multiplied by (in place).
 
     A batched symmetric eigensolver on the smaller of ``Z^T Z`` (D x D) and ``Z Z^T`` (k x k) is
     several times faster than a batched SVD of ``Z`` on CPU; in the second case the eigenvectors
     are mapped back as ``Z^T u / sqrt(lambda)`` and re-orthonormalised by a QR (which keeps the
-    nested spans, so column j still spans the j-th direction).
+    nested spans, so column j still spans the j-th direction). Rows whose Gram trace lies
+    outside [2^-900, 2^900] (squares near float64's under- or overflow: data at 1e-200 or 1e155)
+    are scaled to a largest entry in [0.5, 1) by a power of two (exact) and their Gram formed
+    again; the eigenvalues are those of ``unit * Z``.
     """
     k, D = Z.shape[1], Z.shape[2]
-    if D <= k:
-        lam, U = torch.linalg.eigh(Z.transpose(1, 2) @ Z)
+    small = D <= k
+    G = Z.transpose(1, 2) @ Z if small else Z @ Z.transpose(1, 2)
+    unit = Z.new_ones(Z.shape[0])
+    tr = G.diagonal(dim1=1, dim2=2).sum(1)
+    odd = torch.nonzero(~((tr >= _SAFE_TRACE[0]) & (tr <= _SAFE_TRACE[1]))).flatten()
+    if odd.numel():
+        Zo = Z[odd]
+        top = Zo.abs().amax((1, 2)) if Zo.numel() else Zo.new_zeros(odd.numel())
+        e = torch.frexp(top).exponent.clamp(-1000, 1000)  # top = m 2^e; 0 for top = 0
+        unit[odd] = torch.pow(2.0, -e.to(Z.dtype))  # exact
+        Z[odd] = Zo * unit[odd, None, None]
+        Zo = Z[odd]
+        G[odd] = Zo.transpose(1, 2) @ Zo if small else Zo @ Zo.transpose(1, 2)
+    if small:
+        lam, U = torch.linalg.eigh(G)
         lam, V = lam.flip(-1), U.flip(-1)[:, :, :d]
     else:
-        lam, U = torch.linalg.eigh(Z @ Z.transpose(1, 2))
+        lam, U = torch.linalg.eigh(G)
         lam, U = lam.flip(-1), U.flip(-1)[:, :, :d]
         V = Z.transpose(1, 2) @ (U / lam[:, None, :d].clamp(min=1e-300).sqrt())
         V = torch.linalg.qr(V).Q
-    return V, lam.clamp(min=0.0)
+    return V, lam.clamp(min=0.0), unit
 
 
 def _weighted_pca(
@@ -110,9 +130,9 @@ def _weighted_pca(
     and per neighbourhood the power of two ``unit`` (m,) its centred points were multiplied
     by: the eigenvalues are those of ``unit * (X_nbr - mu)`` (in data units: ``/ unit^2``).
 
-    Scaling each centred neighbourhood to a largest entry in [0.5, 1) (exact) keeps its
-    covariance clear of float64's over- and underflow (beyond ~1e154, below ~1e-154) whatever
-    the data's scale, and whatever other points' scale is.
+    Scaling a centred neighbourhood whose covariance nears float64's over- or underflow
+    (beyond ~1e154, below ~1e-154) to a largest entry in [0.5, 1) (exact; :func:`_top_eigvecs`)
+    keeps its spectrum whatever the data's scale, and whatever other points' scale is.
 
     ``nbr`` (m, k) holds row indices (anything valid on padding), ``w`` (m, k) normalised weights
     with 0 on padding.
@@ -127,12 +147,8 @@ def _weighted_pca(
         wb = w[s : s + bs]
         mu = torch.einsum("bk,bkd->bd", wb, Z)
         scale = wb if square_weights else wb.sqrt()
-        Z.sub_(mu[:, None, :])
-        top = Z.abs().amax((1, 2)) if Z.numel() else Z.new_zeros(Z.shape[0])
-        e = torch.frexp(top).exponent.clamp(-1000, 1000)  # top = m 2^e; 0 for top = 0
-        unit = torch.pow(2.0, -e.to(Z.dtype))  # exact
-        Z.mul_((scale * unit[:, None])[:, :, None])  # C = Z^T Z
-        V, lam = _top_eigvecs(Z, d)
+        Z.sub_(mu[:, None, :]).mul_(scale[:, :, None])  # C = Z^T Z
+        V, lam, unit = _top_eigvecs(Z, d)
         bases.append(fix_signs(V))
         eigs.append(lam)
         centers.append(mu)
