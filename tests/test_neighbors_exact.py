@@ -401,3 +401,19 @@ def test_estimator_counts_must_be_integers():
         dimension.Calibrated(max_samples=1e3).fit(X)
     with pytest.raises(ValueError, match="max_rank must be a positive integer"):
         dimension.id_scale_curve(X, max_rank=64.0)
+
+
+def test_constant_columns_off_the_grid_are_centred_exactly():
+    from geomsae.neighbors.brute import centre
+
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.normal(size=(600, 4)), np.full(600, 1.2345678912345e25), np.zeros(600)]
+    X[5, 5] = 1.0  # not constant: stays centred by the mean
+    Rc, mu = centre(torch.from_numpy(X))
+    assert bool((Rc[:, 4] == 0).all()) and float(mu[4]) == X[0, 4]
+    assert float(Rc[5, 5]) != 0.0
+    got, ref = knn(X, 5), knn(X[:, [0, 1, 2, 3, 5]], 5)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    np.testing.assert_allclose(got.distances, ref.distances, rtol=1e-13)
+    G, H = radius_neighbors(X, 1.0), radius_neighbors(X[:, [0, 1, 2, 3, 5]], 1.0)
+    assert G.nnz == H.nnz

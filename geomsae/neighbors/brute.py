@@ -223,6 +223,31 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
     return torch.round(mu / unit) * unit
 
 
+def centre(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``R - mu`` and ``mu``: the :func:`grid_mean`, except on constant columns, whose value is
+    subtracted exactly.
+
+    A constant column off the grid (say 1e25 beside coordinates of 1) would keep a remainder
+    of ~2^-46 of its value in every centred row, which makes the expansion useless (every pair
+    is then measured directly: measured 0.12 -> 8 s for n = 3000). Candidates are the columns
+    a strided sample of 256 rows holds constant with a remainder, verified on all rows.
+    """
+    mu = grid_mean(R)
+    Rc = R - mu
+    if R.shape[0] < 2:
+        return Rc, mu
+    first = R[0]
+    cand = (R[:: max(1, R.shape[0] // 256)] == first).all(0) & (Rc[0] != 0)
+    if bool(cand.any()):
+        cols = torch.nonzero(cand).flatten()
+        cols = cols[(R[:, cols] == first[cols]).all(0)]
+        if cols.numel():
+            mu = mu.clone()
+            mu[cols] = first[cols]
+            Rc[:, cols] = 0.0
+    return Rc, mu
+
+
 @dataclass
 class Reference:
     """The reference set, centred once (the expansion's cancellation error scales with norms).
@@ -260,8 +285,7 @@ class Reference:
 
     @classmethod
     def of(cls, R: torch.Tensor) -> Reference:
-        mu = grid_mean(R)
-        Rc = R - mu
+        Rc, mu = centre(R)
         return cls(Rc, mu, row_sq(Rc), R)
 
     def scaled(self, s: float) -> Reference:

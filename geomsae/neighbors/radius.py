@@ -17,7 +17,7 @@ from geomsae.neighbors.brute import (
     Reference,
     auto_screen_dtype,
     block_rows,
-    grid_mean,
+    centre,
     matmul,
     measure_directly,
     pair_error,
@@ -78,8 +78,7 @@ def radius_neighbors(
     if not real or not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     raw = as_tensor(X, device).detach()  # the search is not differentiable
-    mu = grid_mean(raw)
-    Xt = raw - mu  # translation-invariant; keeps the expansion's rounding error small
+    Xt, mu = centre(raw)  # translation-invariant; keeps the expansion's rounding error small
     check_block_size(block_size)
     x_sq = row_sq(Xt)
     scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
