@@ -234,7 +234,7 @@ def test_small_cloud_beside_a_far_outlier(screen_dtype):
     got = knn(X, 5, screen_dtype=screen_dtype)
     d, i = _direct_knn(X, X, 5, exclude_self=True)
     np.testing.assert_array_equal(got.indices, i)
-    np.testing.assert_allclose(got.distances, d, rtol=1e-14)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-12)  # the expansion's accuracy
 
 
 def test_small_cloud_beside_far_outliers_queries_given():
@@ -417,3 +417,28 @@ def test_constant_columns_off_the_grid_are_centred_exactly():
     np.testing.assert_allclose(got.distances, ref.distances, rtol=1e-13)
     G, H = radius_neighbors(X, 1.0), radius_neighbors(X[:, [0, 1, 2, 3, 5]], 1.0)
     assert G.nnz == H.nnz
+
+
+@pytest.mark.parametrize("screen_dtype", [torch.float64, torch.float32])
+def test_a_far_outlier_does_not_make_every_pair_a_direct_measurement(monkeypatch, screen_dtype):
+    """One token at 1e10 beside a cloud of unit scale: the centre stays with the bulk (sample
+    median) and the expansion's error bound goes through the pair's distance, not the largest
+    norm, so rows are not all 'tied' (before: all n^2 pairs measured directly, ~20 s)."""
+    from geomsae.neighbors import brute
+
+    rng = np.random.default_rng(1)
+    Z, A = rng.standard_normal((2500, 4)), np.linalg.qr(rng.standard_normal((48, 4)))[0]
+    X = Z @ A.T + 0.01 * rng.standard_normal((2500, 48))
+    X[-1] = 1e10
+    measured = []
+    real = brute.measure_directly
+
+    def counting(q, ref, rows, cols):
+        measured.append(rows.numel())
+        return real(q, ref, rows, cols)
+
+    monkeypatch.setattr(brute, "measure_directly", counting)
+    got = knn(X, 10, screen_dtype=screen_dtype, method="brute")
+    assert sum(measured) < 0.05 * X.shape[0] * 10
+    d, i = _sklearn_knn(X, 10)
+    np.testing.assert_array_equal(got.indices, i)

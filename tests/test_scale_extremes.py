@@ -154,3 +154,12 @@ def test_scaling_epps_out_of_range_is_named():
     for eps in (1e-200, 1e200):
         with pytest.raises(ValueError, match="outside float64's range"):
             laplacian_matrix(K, "geometric", scaling_epps=eps)
+
+
+def test_select_radius_radii_beyond_the_data_are_named():
+    from geomsae.graph import select_radius
+    from geomsae.manifolds import sphere
+
+    X = sphere(200, 2, random_state=0).X * 2.0**-1000
+    with pytest.raises(ValueError, match="exceed the data's extent"):
+        select_radius(X, 1, radii=[1e300])

@@ -203,13 +203,20 @@ def select_radius(
     unit = unit_scale(Xt)
     if unit != 1.0:
         Xt = Xt * unit
-    if radii is None:
-        radii = _default_radii(Xt, sample, min_neighbors, n_radii)
+    if radii is not None:
+        radii = np.sort(np.asarray(radii, dtype=float).ravel())
+        if radii.size == 0 or not np.isfinite(radii).all() or (radii <= 0).any():
+            raise ValueError("radii must be a non-empty array of finite numbers > 0")
+        with np.errstate(over="ignore"):
+            scaled = radii * unit
+        if not np.isfinite(scaled).all():
+            raise ValueError(
+                f"radii up to {radii.max():.4g} exceed the data's extent by more than "
+                "float64's range; pass radii at the data's scale"
+            )
+        radii = scaled
     else:
-        radii = np.asarray(radii, dtype=float) * unit
-    radii = np.sort(np.asarray(radii, dtype=float).ravel())
-    if radii.size == 0 or not np.isfinite(radii).all() or (radii <= 0).any():
-        raise ValueError("radii must be a non-empty array of finite numbers > 0")
+        radii = np.sort(np.asarray(_default_radii(Xt, sample, min_neighbors, n_radii), float))
     G = radius_neighbors(Xt, float(radii[-1]))
     curves = {c: np.full(radii.size, np.nan) for c in ("distortion", "eigengap", "stability")}
     mean_nb, valid = np.zeros(radii.size), np.zeros(radii.size, dtype=bool)

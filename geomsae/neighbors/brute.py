@@ -193,9 +193,10 @@ def block_rows(n_ref: int, extra_per_row: int, block_size: int | None) -> int:
     return rows - rows % 32 if rows >= 64 else rows
 
 
-def grid_mean(X: torch.Tensor) -> torch.Tensor:
+def grid_mean(X: torch.Tensor, unit: float | None = None) -> torch.Tensor:
     """The column mean of ``X``, rounded to a multiple of ``2^8`` units in the last place of
-    the largest ``|entry|`` (a change of ~1e-14 of the data's scale).
+    the largest ``|entry|`` (a change of ~1e-14 of the data's scale; ``unit``: that multiple,
+    if known).
 
     Centring by it is exact for data on a binary grid (integers, halves, a lattice: any
     entries that are multiples of that unit): ``x - mu`` is then representable, so the
@@ -206,8 +207,14 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
         mu = torch.from_numpy(X.numpy().mean(0))  # numpy's column mean: ~3x torch's
     else:
         mu = X.mean(0)
+    return _on_grid(mu, _grid_unit(X) if unit is None else unit)
+
+
+def _grid_unit(X: torch.Tensor) -> float:
+    """``2^8`` units in the last place of the largest ``|entry|`` of ``X`` (0.0 for empty or
+    all-zero data); a ValueError for entries within a factor 2 of float64's largest."""
     if X.numel() == 0:
-        return mu
+        return 0.0
     lo, hi = torch.aminmax(X)
     top = max(abs(float(lo)), abs(float(hi)))
     if top > 2.0**1022:
@@ -215,24 +222,41 @@ def grid_mean(X: torch.Tensor) -> torch.Tensor:
             f"coordinates up to {top:.3g} are within a factor 2 of float64's largest number: "
             "their differences overflow; scale the data down first (e.g. X / X.abs().max())"
         )
-    if top == 0.0:
-        return mu
-    unit = math.ldexp(1.0, math.frexp(top)[1] - 45)  # 2^8 ulp(top), in float64
-    if unit == 0.0:
-        return mu
-    return torch.round(mu / unit) * unit
+    return 0.0 if top == 0.0 else math.ldexp(1.0, math.frexp(top)[1] - 45)
+
+
+def _on_grid(v: torch.Tensor, unit: float) -> torch.Tensor:
+    return v if unit == 0.0 else torch.round(v / unit) * unit
+
+
+def _lower_median(S: torch.Tensor) -> torch.Tensor:
+    """The lower median of each column (numpy's partition on CPU: ~3x ``torch.median``)."""
+    if S.device.type == "cpu" and not S.requires_grad:
+        m = (S.shape[0] - 1) // 2
+        return torch.from_numpy(np.partition(S.numpy(), m, axis=0)[m].copy()).to(S.dtype)
+    return S.median(0).values
 
 
 def centre(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``R - mu`` and ``mu``: the :func:`grid_mean`, except on constant columns, whose value is
-    subtracted exactly.
+    """``R - mu`` and ``mu``: the :func:`grid_mean`, or the (grid-rounded) column median of a
+    strided sample of 256 rows where that halves the sample's median squared norm, and on
+    constant columns their value, subtracted exactly.
 
-    A constant column off the grid (say 1e25 beside coordinates of 1) would keep a remainder
-    of ~2^-46 of its value in every centred row, which makes the expansion useless (every pair
-    is then measured directly: measured 0.12 -> 8 s for n = 3000). Candidates are the columns
-    a strided sample of 256 rows holds constant with a remainder, verified on all rows.
+    The expansion's error grows with the centred norms: a few far outliers (a token at 1e10
+    beside a cloud of unit scale) move the mean far from the bulk, every centred norm becomes
+    large, and every pair would be measured directly (n = 2500: ~20 s instead of 0.1 s); the
+    median stays with the bulk. A constant column off the grid (say 1e25 beside coordinates of
+    1) would keep a remainder of ~2^-46 of its value in every centred row, with the same effect
+    (measured 0.12 -> 8 s for n = 3000). Candidates are the columns a strided sample of 256
+    rows holds constant with a remainder, verified on all rows.
     """
-    mu = grid_mean(R)
+    unit = _grid_unit(R)
+    mu = grid_mean(R, unit)
+    if R.shape[0] >= 16:
+        S = R[:: max(1, R.shape[0] // 256)]
+        med = _on_grid(_lower_median(S), unit)
+        if float(row_sq(S - med).median()) < 0.5 * float(row_sq(S - mu).median()):
+            mu = med
     Rc = R - mu
     if R.shape[0] < 2:
         return Rc, mu
@@ -359,20 +383,28 @@ def measure_directly(
     cancellation) on the points as given, in chunks of pairs that keep the gathered
     differences within the work-space budget.
 
-    Each difference is brought to [0.5, 1) in its largest entry by a power of two before it
-    is squared, so neither the squares nor the scaled distance under- or overflow short of
-    the result itself (differences of 1e-150 beside coordinates of 1e13, 1e-20 beside 2^1000);
-    elsewhere the result is bit for bit ``scale * sqrt(sum(diff^2))``.
+    A difference whose sum of squares leaves [2^-960, 2^960] is first brought to [0.5, 1) in
+    its largest entry by a power of two, so neither the squares nor the scaled distance under-
+    or overflow short of the result itself (differences of 1e-150 beside coordinates of 1e13,
+    1e-20 beside 2^1000); the result is bit for bit ``scale * sqrt(sum(diff^2))`` wherever
+    that does not under- or overflow. (A distance below ~2^-1074 in the search's units -- a
+    dynamic range beyond ~1e300 between the data's extent and the pair's distance -- is 0.)
     """
     out = torch.empty(rows.numel(), dtype=torch.float64, device=q.c.device)
     step = max(1, DEFAULT_MEMORY_BYTES // (16 * max(q.c.shape[1], 1)))
     s_exp = math.frexp(ref.scale)[1] - 1  # scale = 2^s_exp
     for s in range(0, rows.numel(), step):
         diff = ref.raw[cols[s : s + step]] - q.raw[rows[s : s + step]]
-        top = diff.abs().amax(1) if diff.shape[1] else diff.new_zeros(diff.shape[0])
-        e = torch.frexp(top).exponent.long()  # top = m 2^e, m in [0.5, 1); 0 for top = 0
-        diff = _ldexp(diff, -e[:, None])
-        out[s : s + step] = _ldexp(torch.sqrt((diff * diff).sum(1)), e + s_exp)
+        d2 = (diff * diff).sum(1)
+        res = torch.sqrt(d2) * ref.scale
+        odd = torch.nonzero(~((d2 >= 2.0**-960) & (d2 <= 2.0**960))).flatten()
+        if odd.numel():  # under- or overflowing squares (or duplicates): normalise first
+            dd = diff[odd]
+            top = dd.abs().amax(1) if dd.shape[1] else dd.new_zeros(dd.shape[0])
+            e = torch.frexp(top).exponent.long()  # top = m 2^e, m in [0.5, 1); 0 for top = 0
+            dd = _ldexp(dd, -e[:, None])
+            res[odd] = _ldexp(torch.sqrt((dd * dd).sum(1)), e + s_exp)
+        out[s : s + step] = res
     return out
 
 
@@ -459,26 +491,23 @@ def sort_settled(
     ref: Reference,
     dist: torch.Tensor,
     idx: torch.Tensor,
-    err: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sort_rows`, with near-ties settled on directly measured distances.
 
-    Two distances from the expansion that are within its rounding error
+    Two distances from the expansion that are within their rounding errors
     (:func:`expansion_error`) of each other may be in either order whatever the exact ones
     are: equal distances to distinct points would go by rounding noise instead of by index.
-    The members of such runs (in each sorted row, neighbours closer than twice the error) are
+    The members of such runs (in each sorted row, neighbours closer than the two errors) are
     measured directly and the rows sorted again; nothing outside a run can change places with
-    it. Entries that are +inf (excluded or padding) are left alone. ``err``: the rows'
-    :func:`expansion_error`, if already computed.
+    it. Entries that are +inf (excluded or padding) are left alone.
     """
     dist, idx = sort_rows(dist, idx)
     if dist.shape[1] < 2 or dist.shape[0] == 0:
         return dist, idx
     d2 = dist * dist
-    gap = d2[:, 1:] - d2[:, :-1]  # nan where both are inf: not a run
-    if err is None:
-        err = expansion_error(q, ref)
-    run = (gap <= 2 * err[:, None]) & (dist[:, 1:] > 0)  # 0s are measured directly already
+    gap = d2[:, 1:] - d2[:, :-1]
+    e = expansion_error(q, d2)
+    run = (gap <= e[:, 1:] + e[:, :-1]) & (dist[:, 1:] > 0) & torch.isfinite(d2[:, 1:])
     if not bool(run.any()):
         return dist, idx
     mark = torch.zeros_like(dist, dtype=torch.bool)
@@ -706,7 +735,6 @@ def refine_progressively(
     cand: torch.Tensor,
     bound: torch.Tensor,
     k: int,
-    err: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact distances of the candidates that can matter; +inf for those that provably cannot.
 
@@ -715,7 +743,6 @@ def refine_progressively(
     distance ``u`` (plus the float64 expansion's error, :func:`expansion_error`) bounds the
     k-th neighbour's from above, so a candidate whose lower bound (less its rounding bound)
     exceeds ``u`` cannot be among the k nearest, nor tie with the k-th, and is not measured.
-    ``err``: the rows' :func:`expansion_error`, if already computed.
     """
     b, c = cand.shape
     if c <= k:
@@ -724,9 +751,8 @@ def refine_progressively(
     head = _select(lb, k)[1]
     exact = torch.full((b, c), math.inf, dtype=torch.float64, device=q.c.device)
     exact.scatter_(1, head, refine(q, ref, cand.gather(1, head)))
-    if err is None:
-        err = expansion_error(q, ref)
-    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2 + err
+    u2 = exact.masked_fill(exact.isinf(), -math.inf).amax(1) ** 2
+    u2 = u2 + expansion_error(q, u2)
     todo = exact.isinf() & (lb <= u2[:, None])  # u2: the measured k-th plus its error
     if bool(todo.any()):
         crow = torch.zeros(b + 1, dtype=torch.long, device=q.c.device)
@@ -760,21 +786,23 @@ def _knn_block(
 
     if dtype != torch.float64 and n_cand >= k and grouped.fits(ref.n, n_cand):
         keys, cols, T = grouped.screen_groups(screen, q.c, self_b, q.sq, n_cand)
-        bound, err = screen.error_bound(q.sq), expansion_error(q, ref)
-        return grouped.grouped_knn(q, ref, keys, cols, T, q.sq, bound, k, n_cand, self_b, err)
+        bound = screen.error_bound(q.sq)
+        return grouped.grouped_knn(q, ref, keys, cols, T, q.sq, bound, k, n_cand, self_b)
     vals, cand = screen.nearest(q.c, self_b, n_cand, q.sq)
     if dtype == torch.float64:
         # the float64 expansion is the distance (to ~1e-16 of the squared norms); only
         # near-duplicates, where that is not enough, are re-measured directly
-        err = expansion_error(q, ref)  # of the (k+1)-th value and of the k-th distance
         exact = exclude_self(fix_close(q, ref, cand, vals.clamp_min(0)), cand, self_b)
-        exact, cand = sort_settled(q, ref, exact, cand, err)
+        exact, cand = sort_settled(q, ref, exact, cand)
         if n_cand >= ref.n - (self_b is not None):
             return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
         # the (k+1)-th expansion value, less its rounding bound, must exceed the k-th distance:
         # else a point outside may tie with it, and ties go by index (rows with ties at the
         # k-th distance: every point within the bound of it is measured)
-        tied = torch.nonzero(exact[:, k - 1] ** 2 >= vals.max(1).values - 2 * err).flatten()
+        # (the error at the (k+1)-th value bounds both its own and the k-th distance's)
+        vmax = vals.max(1).values
+        err = expansion_error(q, torch.maximum(vmax, exact[:, k - 1] ** 2).clamp_min(0))
+        tied = torch.nonzero(exact[:, k - 1] ** 2 >= vmax - 2 * err).flatten()
         if tied.numel():
             sb = None if self_b is None else self_b[tied]
             t = exact[tied, k - 1] ** 2 + 2 * err[tied]
@@ -783,22 +811,29 @@ def _knn_block(
             exact[tied], cand[tied] = e, c
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
     bound = screen.error_bound(q.sq)
-    err = expansion_error(q, ref)
-    exact = refine_progressively(q, ref, vals, cand, bound, k, err)
-    exact, cand = sort_settled(q, ref, exclude_self(exact, cand, self_b), cand, err)
+    exact = refine_progressively(q, ref, vals, cand, bound, k)
+    exact, cand = sort_settled(q, ref, exclude_self(exact, cand, self_b), cand)
     if n_cand >= ref.n - (self_b is not None):
         return exact, cand, torch.ones(Qb.shape[0], dtype=torch.bool, device=Qb.device)
     # the k-th distance may be measured up to the expansion's error below the exact one
-    ok = exact[:, k - 1] ** 2 + err < vals.max(1).values - bound
+    kth = exact[:, k - 1] ** 2
+    ok = kth + expansion_error(q, kth) < vals.max(1).values - bound
     return exact, cand, ok
 
 
-def expansion_error(q: Queries, ref: Reference) -> torch.Tensor:
-    """Per-row bound on the float64 expansion's error, ``4 (D + 2) eps (|q|^2 + max |r|^2)``
-    (:func:`pair_error` at the row's largest scale, centred norms). It covers the centring's
-    rounding too (at most ``eps (|q| + |r|)^2`` of a squared distance)."""
-    r_max = float(ref.sq.max()) if ref.n else 0.0
-    return pair_error(q.c.shape[1], q.sq + r_max)
+def expansion_error(q: Queries, d2: torch.Tensor) -> torch.Tensor:
+    """Bound on the float64 expansion's error for pairs of the query rows ``q`` at squared
+    distance ``d2`` (shape (b,) or (b, c)): :func:`pair_error` at ``3 |q|^2 + 2 d2``.
+
+    The error of a pair is at most ``pair_error(|q|^2 + |r|^2)`` (centred norms), and
+    ``|r|^2 <= (|q| + d)^2 <= 2 |q|^2 + 2 d^2``: a bound through the distance, not through the
+    largest ``|r|`` of the set, so a far outlier does not inflate every row's error (which made
+    every row look tied and every pair measured). For the ``d2`` of a computed value the
+    exact one differs from it by at most this (to first order in eps), whether the pair's
+    computed or exact distance is meant. It covers the centring's rounding too (at most
+    ``eps (|q| + |r|)^2`` of a squared distance)."""
+    sq = q.sq if d2.ndim == 1 else q.sq[:, None]
+    return pair_error(q.c.shape[1], 3 * sq + 2 * d2)
 
 
 def _within(

@@ -126,7 +126,6 @@ def refine_grouped(
     k: int,
     c: int,
     self_b: torch.Tensor | None,
-    err: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest of the kept columns, measured exactly (rows sorted, ties by index).
 
@@ -134,8 +133,7 @@ def refine_grouped(
     layout (``c`` groups of 16, then the tail), ``bound`` the per-row rounding bound of those.
     Measures the ``k`` smallest group minima and tail entries, then every other kept column
     whose bound could still beat the ``k``-th distance found. ``self_b[i]`` (if given) is
-    never a neighbour of row ``i``. ``err``: the rows' float64 expansion error
-    (:func:`geomsae.neighbors.brute.expansion_error`), if already computed.
+    never a neighbour of row ``i``.
 
     Returns
     -------
@@ -152,9 +150,8 @@ def refine_grouped(
     pos = first.gather(1, smallest(gmin, k)[1])
     head_cols = cols.gather(1, pos)
     head = exclude_self(refine(q, ref, head_cols), head_cols, self_b)
-    if err is None:
-        err = expansion_error(q, ref)
-    u2 = head.amax(1) ** 2 + err  # the measured k-th plus its error
+    u2 = head.amax(1) ** 2
+    u2 = u2 + expansion_error(q, u2)  # the measured k-th plus its error
     todo = low <= u2[:, None]
     todo.scatter_(1, pos, False)
     rows, at = torch.nonzero(todo, as_tuple=True)
@@ -171,7 +168,7 @@ def refine_grouped(
         dist[rows, slot] = refine_pairs(q, ref, crow, more)
         idx[rows, slot] = more
         dist = exclude_self(dist, idx, self_b)
-    dist, idx = sort_settled(q, ref, dist, idx, err)
+    dist, idx = sort_settled(q, ref, dist, idx)
     return dist[:, :k], idx[:, :k]
 
 
@@ -186,14 +183,13 @@ def grouped_knn(
     k: int,
     c: int,
     self_b: torch.Tensor | None,
-    err: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`refine_grouped` on :func:`group_screen`'s output, and each row's certificate.
 
     ``keys`` and ``T`` are shifted keys (``key + q_sq`` is the lower bound, ``q_sq`` the
     float64 squared norms of the screened queries); a row is certified when its k-th squared
-    distance plus its float64 error ``err`` (:func:`geomsae.neighbors.brute.expansion_error`,
-    computed when not given) is below ``T + q_sq - bound``.
+    distance plus its float64 error (:func:`geomsae.neighbors.brute.expansion_error`) is below
+    ``T + q_sq - bound``.
 
     Returns
     -------
@@ -201,8 +197,7 @@ def grouped_knn(
     certified : bool tensor of shape (b,)
     """
     lb = keys.double() + q_sq[:, None]
-    if err is None:
-        err = expansion_error(q, ref)
-    exact, cand = refine_grouped(q, ref, lb, cols, bound, k, c, self_b, err)
-    kth = exact[:, k - 1] ** 2 + err  # the k-th, up to its error
+    exact, cand = refine_grouped(q, ref, lb, cols, bound, k, c, self_b)
+    kth = exact[:, k - 1] ** 2
+    kth = kth + expansion_error(q, kth)  # the k-th, up to its error
     return exact, cand, kth < T.double() + q_sq - bound

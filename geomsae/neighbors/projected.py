@@ -132,13 +132,13 @@ def _search(
                 for i in range(0, Zq.shape[0], sub)
             ]
             vals, cand = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            err = expansion_error(q, ref)
-            exact = refine_progressively(q, ref, vals, cand, bound, k, err)
-            exact, cand = sort_settled(q, ref, exclude_self(exact, cand, self_b), cand, err)
+            exact = refine_progressively(q, ref, vals, cand, bound, k)
+            exact, cand = sort_settled(q, ref, exclude_self(exact, cand, self_b), cand)
             if c >= ref.n - (self_b is not None):  # every other point is a candidate: exact
                 oks.append(torch.ones(len(q), dtype=torch.bool, device=Zq.device))
             else:  # the k-th distance is measured up to the float64 expansion's error
-                kth = exact[:, k - 1] ** 2 + err
+                kth = exact[:, k - 1] ** 2
+                kth = kth + expansion_error(q, kth)
                 oks.append(kth < vals.max(1).values.double() - bound)
         dists.append(exact[:, :k])
         inds.append(cand[:, :k])
