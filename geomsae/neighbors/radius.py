@@ -17,13 +17,11 @@ from geomsae.neighbors.brute import (
     Reference,
     auto_screen_dtype,
     block_rows,
-    centre,
     matmul,
     measure_directly,
     pair_error,
     power_of_two_scale,
     refine_pairs,
-    row_sq,
 )
 from geomsae.neighbors.checks import as_tensor, check_block_size, check_points, check_positive_int
 from geomsae.neighbors.plan import plan_radius
@@ -78,14 +76,14 @@ def radius_neighbors(
     if not real or not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
     raw = as_tensor(X, device).detach()  # the search is not differentiable
-    Xt, mu = centre(raw)  # translation-invariant; keeps the expansion's rounding error small
+    ref = Reference.of(raw)  # centred: translation-invariant, small expansion errors
     check_block_size(block_size)
-    x_sq = row_sq(Xt)
-    scale = power_of_two_scale(Xt, sq=[x_sq])  # exact; keeps float32/64 in exponent range
+    scale = power_of_two_scale(ref.X, sq=[ref.sq])  # exact; keeps float32/64 in exponent range
     radius = float(radius)
     if scale != 1.0:  # the centred copy only: direct measurements scale their differences
-        Xt.mul_(scale)
-        radius, x_sq = radius * scale, row_sq(Xt)  # radius * scale may be inf: clamped next
+        ref = ref.scaled(scale)
+        radius = radius * scale  # may be inf: clamped next
+    Xt, x_sq = ref.X, ref.sq
     # no pair is farther apart than twice the largest centred norm: a larger radius keeps all
     radius = min(radius, 2.5 * math.sqrt(float(x_sq.max())) if len(x_sq) else 0.0)
     n = Xt.shape[0]
@@ -95,7 +93,6 @@ def radius_neighbors(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     chosen = None
-    ref = Reference(Xt, mu, x_sq, raw, scale)  # direct measurements on the points as given
     # norms beyond ~1e15 could overflow the reduced-precision keys: float64 brute force only
     safe = n == 0 or float(x_sq.max()) <= FLOAT32_SAFE_SQ
     if safe and (
