@@ -85,3 +85,46 @@ def test_bf16_path_used_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(lpca, "native_bf16", lambda: False)
     gd.LocalPCA().fit_pointwise(X, n_neighbors=20)
     assert not calls
+
+
+def _hard_clusters_first(rng: np.random.Generator, D: int = 64) -> np.ndarray:
+    """8 far clusters of 50 points whose covariance is exactly diag(1, 0.052): the second
+    eigenvalue sits within bfloat16's bound of the Fukunaga-Olsen threshold 0.05 (float32
+    decides them), first; then 3000 points of a 3-dim cloud that bfloat16 certifies."""
+    parts = []
+    for j in range(8):
+        Z = rng.normal(size=(50, 2))
+        Z -= Z.mean(0)
+        Z = Z @ np.linalg.inv(np.linalg.cholesky(np.cov(Z.T)).T)  # identity covariance
+        C = np.zeros((50, D))
+        C[:, :2] = Z * [1.0, np.sqrt(0.052)]
+        C[:, 3 + j] += 100.0
+        parts.append(C)
+    bulk = rng.normal(size=(3000, 3)) @ rng.normal(size=(3, D)) + 0.01 * rng.normal(size=(3000, D))
+    return np.vstack(parts + [bulk])
+
+
+def test_sorted_input_does_not_send_everything_to_float32(monkeypatch):
+    """The trial is evenly spaced rows and the Rayleigh-Ritz batches interleave the rest, so a
+    run of hard neighbourhoods first does not decide for the whole set (before: 3400 of 3400
+    rows redone in float32 with the hard ones first, 400 shuffled)."""
+    monkeypatch.setattr(lpca, "native_bf16", lambda: True)
+    redone = []
+    real = lpca.local_eigenvalues
+
+    def spy(X, idx, **kw):
+        redone.append(idx.shape[0])
+        return real(X, idx, **kw)
+
+    monkeypatch.setattr(lpca, "local_eigenvalues", spy)
+    X = _hard_clusters_first(np.random.default_rng(0))
+    ours = gd.LocalPCA().fit_pointwise(X, n_neighbors=49).dimension_pw_
+    assert sum(redone) <= 400 + 32
+    exact = gd.LocalPCA(dtype=torch.float64).fit_pointwise(X, n_neighbors=49).dimension_pw_
+    np.testing.assert_array_equal(ours, exact)
+    assert set(ours[:400]) == {2.0} and set(ours[400:]) == {3.0}
+    perm = np.random.default_rng(1).permutation(len(X))
+    redone.clear()
+    shuffled = gd.LocalPCA().fit_pointwise(X[perm], n_neighbors=49).dimension_pw_
+    assert sum(redone) <= 400 + 32
+    np.testing.assert_array_equal(shuffled, ours[perm])

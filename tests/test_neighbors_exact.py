@@ -442,3 +442,54 @@ def test_a_far_outlier_does_not_make_every_pair_a_direct_measurement(monkeypatch
     assert sum(measured) < 0.05 * X.shape[0] * 10
     d, i = _sklearn_knn(X, 10)
     np.testing.assert_array_equal(got.indices, i)
+
+
+def _hard_first(rng: np.random.Generator, D: int = 64) -> tuple[np.ndarray, int]:
+    """400 rows of a tight far cluster (bfloat16's bound ~3 % of |q| |r| cannot certify
+    them), first, then 3000 rows of a 3-dim cloud that bfloat16 certifies."""
+    bulk = rng.normal(size=(3000, 3)) @ rng.normal(size=(3, D)) / 3
+    bulk += 0.01 * rng.normal(size=(3000, D))
+    hard = 100 * np.eye(D)[0] + rng.normal(size=(400, D))
+    return np.vstack([hard, bulk]), 400
+
+
+def test_sorted_input_does_not_abort_the_reduced_precision_pass(monkeypatch):
+    """The pass is judged on a trial of evenly spaced rows, not on its first block: with a
+    run of hard rows first, only those go to the next precision (before: the bfloat16 pass
+    stopped after its first block and the float32 one after its second, leaving 2964 of 3400
+    rows to float64; on 20 000 kd-sorted activations 9.1 s instead of 5.4 s)."""
+    from geomsae.neighbors import brute
+
+    X, n_hard = _hard_first(np.random.default_rng(0))
+    screened: dict[torch.dtype, int] = {}
+    real = brute._knn_block
+
+    def spy(Qb, self_b, ref, dtype, n_cand, k):
+        screened[dtype] = screened.get(dtype, 0) + Qb.shape[0]
+        return real(Qb, self_b, ref, dtype, n_cand, k)
+
+    monkeypatch.setattr(brute, "_knn_block", spy)
+    perm = np.random.default_rng(1).permutation(len(X))
+    got = {}
+    for name, Y in (("hard first", X), ("shuffled", X[perm]), ("hard last", X[::-1].copy())):
+        screened.clear()
+        got[name] = knn(Y, 10, screen_dtype=torch.bfloat16, method="brute", block_size=256)
+        assert screened[torch.bfloat16] == len(X), name
+        assert screened.get(torch.float32, 0) <= n_hard + 16, (name, screened)
+        assert screened.get(torch.float64, 0) <= 16, (name, screened)
+    d, i = _sklearn_knn(X, 10)
+    np.testing.assert_array_equal(got["hard first"].indices, i)
+    np.testing.assert_allclose(got["hard first"].distances, d, rtol=1e-10)
+    inv = np.argsort(perm)
+    np.testing.assert_array_equal(perm[got["shuffled"].indices[inv]], i)
+
+
+def test_a_screen_that_fails_its_trial_hands_every_row_on():
+    """Data that defeats bfloat16 everywhere stops the pass after the trial; all rows still
+    get exact neighbours from the next precision."""
+    rng = np.random.default_rng(2)
+    X = 100 * np.eye(64)[0] + rng.normal(size=(2000, 64))  # far, tight: bfloat16 is hopeless
+    got = knn(X, 5, screen_dtype=torch.bfloat16, method="brute", block_size=128)
+    d, i = _sklearn_knn(X, 5)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_allclose(got.distances, d, rtol=1e-10)

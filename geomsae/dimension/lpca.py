@@ -31,7 +31,7 @@ import torch
 from geomsae.dimension.base import IDEstimator, check_n_neighbors
 from geomsae.dimension.ritz import ritz_bounds, ritz_certify, ritz_rank
 from geomsae.neighbors import DEFAULT_MEMORY_BYTES, knn
-from geomsae.neighbors.brute import native_bf16
+from geomsae.neighbors.brute import native_bf16, trial_first
 
 __all__ = ["LocalPCA", "dimension_from_eigenvalues", "local_eigenvalues", "local_pca"]
 
@@ -452,13 +452,16 @@ class LocalPCA(IDEstimator):
     def _bf16_pointwise(self, X: torch.Tensor, hood: torch.Tensor) -> torch.Tensor:
         """Counts from certified bfloat16 Grams, the uncertified rows redone in float32.
 
-        The first ``_BF16_TRIAL`` neighbourhoods get a full ``eigvalsh``; if at least half are
-        certified, their spectra choose the rank of the Rayleigh-Ritz certificate
-        (:mod:`geomsae.dimension.ritz`; none where it is not predicted to be cheaper) for the
-        rest. Its uncertified rows get the full ``eigvalsh`` of their Gram matrix, and it is
-        dropped for the rest as soon as a batch certifies fewer than half its rows or takes
-        ``_RITZ_SLOWER`` times the trial's ``eigvalsh`` per row (LAPACK's speed at this size
-        varies 2x between CPUs). Certified counts are exact whichever test proved them.
+        A trial of ``_BF16_TRIAL`` evenly spaced neighbourhoods gets a full ``eigvalsh``; if at
+        least half are certified, their spectra choose the rank of the Rayleigh-Ritz
+        certificate (:mod:`geomsae.dimension.ritz`; none where it is not predicted to be
+        cheaper) for the rest, in batches of evenly interleaved rows (so that each batch, like
+        the trial, stands for the whole set whatever the input's order: sorted input may
+        start with a run of hard rows). Its uncertified rows get the full ``eigvalsh`` of
+        their Gram matrix, and it is dropped for the rest as soon as its batches so far
+        certify fewer than half their rows or take ``_RITZ_SLOWER`` times the trial's
+        ``eigvalsh`` per row (LAPACK's speed at this size varies 2x between CPUs).
+        Certified counts are exact whichever test proved them.
         """
         X32, _ = working_copy(X, torch.float32)  # counts do not depend on the scale
         n, m = hood.shape
@@ -479,44 +482,46 @@ class LocalPCA(IDEstimator):
             if len(trial) * _BF16_BLOCK < _BF16_TRIAL:
                 trial.append((lam, err))
 
-        def block(start: int) -> torch.Tensor:
-            return torch.arange(start, min(n, start + _BF16_BLOCK), device=X.device)
-
-        start = 0
-        while start < min(n, _BF16_TRIAL):
-            settle(block(start), *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
-            start += _BF16_BLOCK
-        if sum(t.numel() for t in todo) > (1 - _BF16_MIN_CERTIFIED) * start:
-            todo.append(torch.arange(start, n, device=X.device))  # the rest in float32
-            start = n
+        # the trial: evenly spaced rows (sorted input would make its first rows unrepresentative)
+        first, *others = trial_first(n, min(n, _BF16_TRIAL), X.device)
+        for rows in first.split(_BF16_BLOCK):
+            settle(rows, *_bf16_gram(X32, hood[rows], work))
+        rest = torch.cat(others) if others else first[:0]
+        if sum(t.numel() for t in todo) > (1 - _BF16_MIN_CERTIFIED) * first.numel():
+            todo.append(rest)  # the rest in float32
+            rest = rest[:0]
         rank, eig_per_row = None, 0.0
-        if start < n:
+        if rest.numel():
             lam, err = (torch.cat(t) for t in zip(*trial, strict=True))
             rank = ritz_rank(lam, err, self.alpha)
-            eig_per_row = eig_seconds[0] / start
-        while start < n and rank is not None:
-            stop = min(n, start + _RITZ_BLOCK)
-            grams = [
-                _bf16_gram(X32, hood[s : s + _BF16_BLOCK], work)
-                for s in range(start, stop, _BF16_BLOCK)
-            ]
+            eig_per_row = eig_seconds[0] / first.numel()
+        # batches of evenly interleaved rows: each stands for the set, whatever the input's order
+        n_batches = -(-rest.numel() // _RITZ_BLOCK)
+        batches = [rest[j::n_batches] for j in range(n_batches)]
+        done, ritz_rows, ritz_bad, ritz_seconds = 0, 0, 0, 0.0
+        while done < n_batches and rank is not None:
+            rows = batches[done]
+            grams = [_bf16_gram(X32, hood[r], work) for r in rows.split(_BF16_BLOCK)]
             G, f2, c = (torch.cat(t) for t in zip(*grams, strict=True))
             t = time.perf_counter()
             bounds = ritz_bounds(G, rank)
             cnt, ok = ritz_certify(bounds, _bf16_bound(f2, c, bounds.top, m, D), self.alpha)
-            out[start:stop] = cnt
+            out[rows] = cnt
             bad = torch.nonzero(~ok).flatten()
-            for i in range(0, bad.numel(), _BF16_BLOCK):
-                sel = bad[i : i + _BF16_BLOCK]
-                settle(start + sel, G[sel], f2[sel], c[sel])
-            too_few = bad.numel() > (1 - _BF16_MIN_CERTIFIED) * len(G)
-            too_slow = time.perf_counter() - t > _RITZ_SLOWER * eig_per_row * len(G)
+            for sel in bad.split(_BF16_BLOCK):
+                settle(rows[sel], G[sel], f2[sel], c[sel])
+            ritz_rows += len(G)
+            ritz_bad += bad.numel()
+            ritz_seconds += time.perf_counter() - t
+            too_few = ritz_bad > (1 - _BF16_MIN_CERTIFIED) * ritz_rows
+            too_slow = ritz_seconds > _RITZ_SLOWER * eig_per_row * ritz_rows
             if too_few or too_slow:
                 rank = None  # this data (or this CPU) does not favour the certificate
-            start = stop
-        while start < n:
-            settle(block(start), *_bf16_gram(X32, hood[start : start + _BF16_BLOCK], work))
-            start += _BF16_BLOCK
+            done += 1
+        if done < n_batches:  # the rest in order (the gathers' locality)
+            left = torch.cat(batches[done:]).sort().values
+            for rows in left.split(_BF16_BLOCK):
+                settle(rows, *_bf16_gram(X32, hood[rows], work))
         bad = torch.cat(todo) if todo else torch.zeros(0, dtype=torch.long, device=X.device)
         if bad.numel():
             out[bad] = self._count(local_eigenvalues(X32, hood[bad], dtype=torch.float32))

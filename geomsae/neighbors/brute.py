@@ -42,6 +42,7 @@ __all__ = [
     "smallest",
     "sort_rows",
     "sort_settled",
+    "trial_first",
 ]
 
 DEFAULT_MEMORY_BYTES = 256 * 2**20
@@ -877,6 +878,22 @@ def _worth_making(ref: Reference, dtype: torch.dtype, n_rows: int) -> torch.dtyp
     return torch.float64
 
 
+def trial_first(n: int, bs: int, device: torch.device) -> list[torch.Tensor]:
+    """Row blocks of at most ``bs`` for a pass over ``n`` rows: first ``bs`` evenly spaced
+    rows (a trial that stands for the whole set), then the others in order.
+
+    Judging a screen on the first rows in the input's order would misjudge sorted input (a
+    cluster of outlier tokens first left 99 % of 20 000 activations to the next precision:
+    9.1 s instead of 5.4 s).
+    """
+    if n <= bs:
+        return [torch.arange(n, device=device)]
+    trial = torch.linspace(0, n - 1, bs, device=device).round().long()
+    rest = torch.ones(n, dtype=torch.bool, device=device)
+    rest[trial] = False
+    return [trial, *torch.nonzero(rest).flatten().split(bs)]
+
+
 def _screen_pass(
     Q: torch.Tensor,
     self_idx: torch.Tensor | None,
@@ -887,20 +904,27 @@ def _screen_pass(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One precision's blocked pass over the rows of ``Q``: k nearest found and certified mask.
 
-    Stops early (the rest uncertified) after a block with under 75 % certified rows, unless
-    ``dtype`` is float64 (always certified): this data defeats the screen.
+    Unless ``dtype`` is float64 (always certified), the first block is a trial of evenly
+    spaced rows (:func:`trial_first`), and the pass stops there (the rest uncertified) when
+    under 75 % of the trial is certified: this data defeats the screen. Once the trial
+    passes, the pass goes on to the end: sorted input may hold a run of hard rows (outlier
+    tokens) that a block-by-block rule would take for the whole set.
     """
     max_k = ref.n - (self_idx is not None)
     n_q = Q.shape[0]
     dist = torch.full((n_q, k), math.inf, dtype=torch.float64, device=Q.device)
     idx = torch.zeros((n_q, k), dtype=torch.long, device=Q.device)
     ok = torch.zeros(n_q, dtype=torch.bool, device=Q.device)
-    for start in range(0, n_q, bs):
-        rows = slice(start, start + bs)
+    blocks = (
+        [slice(s, s + bs) for s in range(0, n_q, bs)]
+        if dtype == torch.float64
+        else trial_first(n_q, bs, Q.device)
+    )
+    for i, rows in enumerate(blocks):
         self_b = None if self_idx is None else self_idx[rows]
         e, c, good = _knn_block(Q[rows], self_b, ref, dtype, n_candidates(dtype, k, max_k), k)
         dist[rows], idx[rows], ok[rows] = e[:, :k], c[:, :k], good
-        if dtype != torch.float64 and float(good.double().mean()) < 0.75:
+        if i == 0 and dtype != torch.float64 and float(good.double().mean()) < 0.75:
             break
     return dist, idx, ok
 
