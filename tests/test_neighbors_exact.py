@@ -493,3 +493,37 @@ def test_a_screen_that_fails_its_trial_hands_every_row_on():
     d, i = _sklearn_knn(X, 5)
     np.testing.assert_array_equal(got.indices, i)
     np.testing.assert_allclose(got.distances, d, rtol=1e-10)
+
+
+def _bf16_key_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    D = 96
+    mid = np.full((40, D), 1 + 2.0**-8)  # every entry at a bfloat16 midpoint: aligned errors
+    mid *= rng.choice([1.0, -1.0], size=(40, 1)) * 2.0 ** rng.integers(-3, 4, size=(40, 1))
+    spiky = rng.normal(size=(60, D))
+    spiky[:, 0] *= 300  # one dominant coordinate: its own rounding is the whole error
+    acts = rng.standard_t(3, size=(200, D)) * np.exp(rng.normal(size=(200, 1)))
+    return {"midpoints": mid, "one dominant coordinate": spiky, "heavy tails": acts}
+
+
+@pytest.mark.parametrize("name", list(_bf16_key_cases()))
+def test_bf16_keys_are_lower_bounds(name):
+    """The bfloat16 keys, from the inputs' actual rounding errors, stay below the exact
+    ``|r|^2 - 2 q.r`` for every pair, also where the errors align (every entry at a midpoint,
+    where the bound is attained to first order), and are well inside the worst case."""
+    from geomsae.neighbors.brute import Screen, pair_coef, row_sq
+
+    X = torch.from_numpy(_bf16_key_cases()[name])
+    sq = row_sq(X)
+    screen = Screen(X.bfloat16(), sq, X)
+    keys = screen.shifted(X, None, sq).double().clone()
+    exact = sq[None, :] - 2.0 * (X @ X.T)
+    slack = screen.error_bound(sq)[:, None]
+    assert bool((keys - slack <= exact).all())
+    # the product alone is off by up to ~4 u |q| |r| at the midpoints: the bound is needed
+    worst = pair_coef(torch.bfloat16, X.shape[1]) * torch.sqrt(sq[:, None] * sq[None, :])
+    if name == "midpoints":
+        raw = X.bfloat16().double() @ X.bfloat16().double().T
+        assert float(((X @ X.T - raw).abs() * 2 / worst).max()) > 0.45
+    else:
+        assert float(((exact - keys) / worst).median()) < 0.6

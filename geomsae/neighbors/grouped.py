@@ -104,6 +104,7 @@ def screen_groups(
     whole = Q.is_cuda or sub_bytes is None
     sub = b if whole else max(8, min(b, sub_bytes // (4 * max(n, 1))))
     raw = screen.product(Q) if sub < b else None
+    q_err = screen.query_errors(Q) if screen.needs_query_errors else None
     parts = []
     for i in range(0, b, sub):
         rows = slice(i, i + sub)
@@ -112,6 +113,7 @@ def screen_groups(
             None if self_b is None else self_b[rows],
             q_sq[rows],
             None if raw is None else raw[rows],
+            None if q_err is None else q_err[rows],
         )
         parts.append(group_screen(keys, c))
     return tuple(torch.cat([p[j] for p in parts]) for j in range(3))

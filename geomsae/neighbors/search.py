@@ -83,10 +83,10 @@ def knn(
         None (default) picks float32 on GPUs; on CPU, when the reference set is large next to the
         number of candidates (``n_reference >= 40 * (k + max(4, k // 4))``), bfloat16 if the CPU
         multiplies it natively (AVX-512 BF16 or AMX), ``n_features >= 64`` and ``k <= 32`` or
-        ``n_reference >= 32 (3 k + 8)``, else float32; otherwise float64. ``torch.float64``: one
+        ``n_reference >= 32 (2 k + 8)``, else float32; otherwise float64. ``torch.float64``: one
         float64 matrix product per block, distances from the (centred) expansion with near-duplicate
         pairs re-measured directly. ``torch.float32`` / ``torch.bfloat16``: a cheaper product whose
-        rounding bound is subtracted pair by pair, keeping ``max(4, k // 4)`` / ``2 k + 8`` extra
+        rounding bound is subtracted pair by pair, keeping ``max(4, k // 4)`` / ``k + 8`` extra
         candidates, re-measured in float64; each row is *certified* (no point outside the candidates
         can be nearer) and rows that cannot be are screened again in the next precision (bfloat16,
         float32, float64).
