@@ -606,20 +606,34 @@ class Screen:
     per-pair bound, unlike one through the largest ``|r|``, stays tight when a few points have
     large norms (as the outlier tokens of residual streams do).
 
+    The error of assembling the key (float32 roundings of terms of size ``|q|^2 + |r|^2``) is
+    split the same way: its ``|r|^2`` part, ``rel |r|^2`` (:meth:`error_bound`'s coefficient),
+    and any ``col_slack`` (float64, per reference point: a caller's own error terms, e.g. the
+    projection's) are subtracted from ``|r|^2`` once, so only ``rel |q|^2`` is left per row.
+    Through the largest ``|r|^2`` instead, a few tokens of 30x the typical norm made nearly
+    every row of SmolLM2 activations fail its certificate.
+
     Narrow references (``n_features <= 64``, the projected screen) fold the bias into the
     product (``[q, 1] . [-2 r, |r|^2]``, cheaper than a broadcast add at small inner
-    dimensions) and keep the whole rounding bound per row instead (``coef = 0``).
+    dimensions) and keep the product's rounding bound in the same two parts (``coef = 0``).
     """
 
     def __init__(
-        self, Rs: torch.Tensor, r_sq: torch.Tensor, exact: torch.Tensor | None = None
+        self,
+        Rs: torch.Tensor,
+        r_sq: torch.Tensor,
+        exact: torch.Tensor | None = None,
+        col_slack: torch.Tensor | None = None,
     ) -> None:
         self.Rs = Rs
         acc = torch.float64 if Rs.dtype == torch.float64 else torch.float32
-        self.r_sq = r_sq.to(acc)
-        self.r_sq_max = float(r_sq.max()) if r_sq.numel() else 0.0
         self.folded = Rs.shape[1] <= 64 and Rs.dtype != torch.bfloat16
         self.coef = 0.0 if self.folded else pair_coef(Rs.dtype, Rs.shape[1], Rs.is_cuda)
+        self.rel = self._assembly_coef()
+        low = r_sq.double() * (1.0 - self.rel)  # the |r|^2 part of the assembly error
+        if col_slack is not None:
+            low = low - col_slack.double()
+        self.r_sq = low.to(acc)  # what the keys add: |r|^2 less the column's error terms
         if self.coef:
             r_norm = torch.sqrt(r_sq.double())
             if Rs.dtype == torch.bfloat16:  # |r| and the rounding errors |e_r|: bf16_pair_bound
@@ -658,28 +672,39 @@ class Screen:
         """Whether :meth:`shifted` uses the queries' rounding errors (bfloat16 screens)."""
         return bool(self.coef) and self.bound_cols.shape[0] == 2
 
-    def error_bound(self, q_sq: torch.Tensor) -> torch.Tensor:
-        """Per-row bound on how far ``key + |q|^2`` may exceed the exact squared distance.
+    def _assembly_coef(self) -> float:
+        """``rel`` with ``rel (|q|^2 + |r|^2)`` bounding the error of forming ``key + |q|^2``
+        beyond the pair terms, pair by pair (0 for float64 screens, taken as exact).
 
-        float64 screens are taken as exact. Folded: the forward-error bound of the dot product
-        and norms, ``4 (K + 2) eps (|q|^2 + max |r|^2)``, plus ``4 (K + 2)`` times float32's
-        smallest normal number for products that underflow. Otherwise the pair terms are in the
-        keys and what is left is the float32 assembly of the key (a few roundings of terms of
-        size ``|q|^2 + |r|^2``): ``8 eps32 (|q|^2 + max |r|^2) (1 + coef)`` plus 1e-30 (which
-        covers underflow up to ~1e8 features). The searches scale their data by a power of two
-        first (:func:`power_of_two_scale`), so these absolute terms are negligible there.
+        Folded: the forward-error bound of the dot product and norms, ``4 (K + 2) eps`` (TF32
+        on GPUs: 10 mantissa bits). Otherwise the pair terms are in the keys and what is left
+        is the float32 assembly (a few roundings of terms of size ``|q|^2 + |r|^2``):
+        ``8 eps32 (1 + coef)``.
         """
         if self.Rs.dtype == torch.float64:
-            return torch.zeros_like(q_sq)
+            return 0.0
         if self.folded:
             eps = torch.finfo(self.Rs.dtype).eps
             if self.Rs.is_cuda and torch.backends.cuda.matmul.allow_tf32:
                 eps = 2.0**-10  # TF32 keeps 10 mantissa bits
-            # + the products' underflow: each term may lose up to float32's smallest normal
+            return 4 * (self.Rs.shape[1] + 2) * eps
+        return 8 * torch.finfo(torch.float32).eps * (1 + self.coef)
+
+    def error_bound(self, q_sq: torch.Tensor) -> torch.Tensor:
+        """Per-row bound on how far ``key + |q|^2`` may exceed the exact squared distance.
+
+        ``rel |q|^2`` (:meth:`_assembly_coef`; the ``|r|^2`` part is in the keys), plus, for
+        underflow, ``4 (K + 2)`` times float32's smallest normal number (folded) or 1e-30
+        (which covers up to ~1e8 features). The searches scale their data by a power of two
+        first (:func:`power_of_two_scale`), so these absolute terms are negligible there.
+        float64 screens are taken as exact.
+        """
+        if self.Rs.dtype == torch.float64:
+            return torch.zeros_like(q_sq)
+        if self.folded:  # + the products' underflow: each term may lose float32's smallest normal
             tiny = (self.Rs.shape[1] + 2) * torch.finfo(torch.float32).tiny
-            return 4 * (self.Rs.shape[1] + 2) * eps * (q_sq + self.r_sq_max) + 4 * tiny
-        eps32 = torch.finfo(torch.float32).eps
-        return 8 * eps32 * (1 + self.coef) * (q_sq + self.r_sq_max) + 1e-30
+            return self.rel * q_sq + 4 * tiny
+        return self.rel * q_sq + 1e-30
 
     def nearest(
         self,

@@ -104,8 +104,8 @@ def residual_sq(
     ``|x|^2``. Its rounding error is at most ~``(D + m + 2) eps |x|^2`` (1.4e-13 of ``|x|^2``
     at D = 576, m = 64, counting the basis' departure from orthonormality), so there ``|r|`` is
     accurate to 7e-11 relative, and the z-space bound ``(|r_q| - |r_x|)^2`` to
-    ``2.9e-10 (|q|^2 + max |x|^2)``: inside the search's 1e-9 margin. Rows closer to the span
-    are measured explicitly.
+    ``2.9e-10 (|q|^2 + |x|^2)`` pair by pair: inside the search's 1e-9 margin. Rows closer to
+    the span are measured explicitly.
     """
     res = x_sq - (P * P).sum(1)
     low = torch.nonzero(res < _EXPLICIT_BELOW * x_sq).flatten()
