@@ -461,6 +461,35 @@ def test_mle_ties_and_unbiased_k2():
         gd.MLE(5).fit(np.eye(30))
 
 
+def test_mle_leaves_duplicates_out_when_they_are_not_dropped(caplog):
+    """With the duplicate check skipped, r_1 = 0 is undefined (NaN), not an estimate of 0 that
+    drags the MacKay-Ghahramani aggregate to 0 (before: ``mle(..., "ignore")`` gave 0.0)."""
+    X = sphere(1000, d=3, ambient_dim=10, random_state=0).X
+    Xd = np.vstack([X, X[:1]])
+    with caplog.at_level("WARNING"):
+        assert abs(gd.mle(Xd, on_duplicates="ignore") - gd.mle(X)) < 0.01
+        pw = gd.MLE(on_duplicates="ignore").fit_pointwise(Xd, n_neighbors=10).dimension_pw_
+    assert "r_1 = 0" in caplog.text and "2 of 1001" in caplog.text
+    assert np.isnan(pw[[0, -1]]).all() and np.isfinite(pw[1:-1]).all()
+
+
+@pytest.mark.parametrize("name", ["MLE", "CorrelationDimension"])
+def test_pointwise_on_tied_distances_is_undefined_not_rounding_noise(name):
+    """On the vertices of a simplex every distance is sqrt(2) up to rounding: MLE gave inf
+    and the correlation dimension 1.33 (a 0 / 0 slope of rounding noise) without a word."""
+    X = sphere(500, d=2, ambient_dim=40, random_state=0).X
+    XS = np.r_[X, 100 + np.eye(40)]  # 40 far, mutually equidistant points
+    pw = getattr(gd, name)().fit_pointwise(XS, n_neighbors=6).dimension_pw_
+    assert np.isnan(pw[-40:]).all() and np.isfinite(pw[:-40]).all()
+    with pytest.raises(ValueError, match="undefined"):
+        getattr(gd, name)().fit_pointwise(np.eye(30), n_neighbors=5)
+
+
+def test_correlation_dimension_without_a_range_of_scales_raises():
+    with pytest.raises(ValueError, match="no range of scales"):
+        gd.CorrelationDimension().fit(np.eye(30))
+
+
 @pytest.mark.parametrize("name", ["TwoNN", "GRIDE"])
 def test_pointwise_all_undefined_raises(name):
     """On a square lattice every r_2 / r_1 is 1 (before: 900 NaNs without a word)."""

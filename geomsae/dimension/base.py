@@ -163,7 +163,8 @@ class IDEstimator(BaseEstimator):
 
         Returns ``self``; the estimates are ``self.dimension_pw_``, an array of shape (n_kept,).
         Points where the estimate is undefined (NaN: e.g. every ratio in the neighbourhood
-        tied, on discrete data) are counted in a logged warning; a ValueError if all are.
+        tied, on discrete data, or a distance of 0 when duplicates were not dropped) are
+        counted in a logged warning; a ValueError if all are.
         """
         Xt = self._prepare(X)
         k = check_n_neighbors(n_neighbors, Xt.shape[0], minimum=self._min_neighbors)
@@ -174,12 +175,12 @@ class IDEstimator(BaseEstimator):
             raise ValueError(
                 f"{type(self).__name__}: the pointwise estimate is undefined (NaN) at every "
                 "point: tied neighbour distances (discrete data?); use a larger n_neighbors "
-                "or add a little noise"
+                "or add a little noise (duplicates: on_duplicates='drop')"
             )
         if undefined:
             logger.warning(
                 "%s: the pointwise estimate is undefined (NaN) at %d of %d points (tied "
-                "neighbour distances)", type(self).__name__, undefined, len(pw),
+                "neighbour distances or duplicates)", type(self).__name__, undefined, len(pw),
             )  # fmt: skip
         self.dimension_pw_ = pw
         return self

@@ -165,6 +165,12 @@ class CorrelationDimension(IDEstimator):
         nb = knn(X, k2)
         dist = nb.distances
         r_lo, r_hi = median(dist[:, self.k1 - 1]), median(dist[:, k2 - 1])
+        if not float(r_hi) > float(r_lo) * (1 + 1e-9):
+            raise ValueError(
+                f"the median distances to the k1-th and k2-th neighbours are equal "
+                f"({float(r_lo) / getattr(self, '_unit', 1.0):.6g}: tied distances, discrete "
+                "data?), so there is no range of scales; increase k2 or add a little noise"
+            )
         log_r = torch.linspace(
             float(torch.log(r_lo)), float(torch.log(r_hi)), self.n_radii, dtype=torch.float64
         )
@@ -184,7 +190,12 @@ class CorrelationDimension(IDEstimator):
         lo = int(np.ceil(k / 2))
         dist = knn(X, k).distances[:, lo - 1 :]
         ranks = torch.arange(lo, k + 1, dtype=X.dtype, device=X.device)
-        return _slope(torch.log(dist), torch.log(ranks).expand_as(dist))
+        log_d = torch.log(dist)
+        slope = _slope(log_d, torch.log(ranks).expand_as(dist))
+        # distances tied to 1e-9 relative (or 0: duplicates left in): the slope is 0 / 0,
+        # rounding noise (1.33 on the vertices of a simplex), not an estimate
+        tied = (log_d[:, -1] - log_d[:, 0] <= 1e-9) | (dist[:, 0] <= 0)
+        return slope.masked_fill(tied, float("nan"))
 
 
 def correlation_dimension(X: Any, k1: int = 10, k2: int = 20, **params: Any) -> float:

@@ -41,17 +41,25 @@ def mle_pointwise_from_distances(
 
     Parameters
     ----------
-    distances : tensor of shape (n_samples, k), sorted ascending, all > 0
+    distances : tensor of shape (n_samples, k), sorted ascending
     unbiased : bool
         Use ``k - 2`` instead of ``k - 1`` in the numerator.
 
     Returns
     -------
     tensor of shape (n_samples,)
+        NaN where the estimate is undefined: a distance of 0 (a duplicate point, when the
+        duplicate check was skipped) or ``T_1 = ... = T_k`` to within ``1e-9`` relative
+        (tied distances, whose log-ratios are rounding noise: 0 or a huge estimate).
     """
     k = distances.shape[1]
     log_ratio = torch.log(distances[:, -1:] / distances[:, :-1])  # (n, k - 1)
-    return (k - 2 if unbiased else k - 1) / log_ratio.sum(1)
+    est = (k - 2 if unbiased else k - 1) / log_ratio.sum(1)
+    undefined = (distances[:, 0] <= 0) | (log_ratio[:, 0] <= _TIED_LOG_RATIO)
+    return est.masked_fill(undefined, float("nan"))
+
+
+_TIED_LOG_RATIO = 1e-9  # log(T_k / T_1) below this: the k distances are tied
 
 
 def aggregate(pointwise: torch.Tensor, how: str) -> float:
@@ -114,16 +122,17 @@ class MLE(IDEstimator):
             raise ValueError(f"aggregate must be one of {_AGGREGATES}; got {self.aggregate!r}")
         k = check_n_neighbors(self.n_neighbors, X.shape[0])
         pw = self._pointwise(X, k)
-        tied = ~torch.isfinite(pw)  # r_1 = ... = r_k: the log-ratio sum is 0
+        tied = torch.isnan(pw)  # r_1 = ... = r_k, or r_1 = 0 (on_duplicates="ignore")
         if bool(tied.any()):
             if bool(tied.all()):
                 raise ValueError(
-                    f"MLE: every point has r_1 = r_{k} (tied distances: discrete data?); "
-                    "use a larger n_neighbors or add a little noise"
+                    f"MLE: every point has r_1 = r_{k} or r_1 = 0 (tied distances: discrete "
+                    "data? duplicates?); use a larger n_neighbors, add a little noise or "
+                    "drop duplicates (on_duplicates='drop')"
                 )
             logger.warning(
-                "MLE: %d of %d points have r_1 = r_%d (tied distances: discrete data?); "
-                "they are left out of the aggregate", int(tied.sum()), len(pw), k,
+                "MLE: %d of %d points have r_1 = r_%d or r_1 = 0 (tied distances or "
+                "duplicates); they are left out of the aggregate", int(tied.sum()), len(pw), k,
             )  # fmt: skip
             pw = pw[~tied]
         return aggregate(pw, self.aggregate)
