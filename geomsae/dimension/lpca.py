@@ -4,7 +4,10 @@ Rules applied to the eigenvalues ``l_1 >= l_2 >= ...``:
 
 * ``"fo"`` (Fukunaga & Olsen 1971): the number of ``l_j > alpha * l_1`` (default alpha 0.05);
 * ``"variance"``: the fewest leading components explaining ``variance`` of the total (0.95);
-* ``"gap"``: the position of the largest ratio ``l_j / l_(j+1)``;
+* ``"gap"``: the position of the largest ratio ``l_j / l_(j+1)``; on curved manifolds with
+  little noise the gap from the curvature eigenvalue (~``r^4 / R^2``) to the noise floor can
+  beat the tangent one (~``R^2 / r^2``), and it counts ``d + 1`` (a noise-free 3-sphere:
+  4 at every point, as scikit-dimension's ``maxgap``); prefer ``"fo"`` there;
 * ``"participation_ratio"``: ``(sum l)^2 / sum l^2`` (continuous; a *linear* dimension).
 
 ``fit`` uses the covariance of the whole data set (global PCA, a linear dimension);
