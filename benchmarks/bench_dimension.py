@@ -208,6 +208,23 @@ def run_speed(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------- accuracy
 
 
+_LPCA_K = 20  # neighbourhood: the point and its 20 nearest neighbours, in both libraries
+
+
+def _ours_lpca_pw(X: np.ndarray) -> float:
+    return float(np.mean(gd.LocalPCA().fit_pointwise(X, n_neighbors=_LPCA_K).dimension_pw_))
+
+
+def _skdim_lpca_pw(X: np.ndarray) -> float:
+    import skdim
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=_LPCA_K).fit(X).kneighbors()[1]
+    hood = np.concatenate([np.arange(len(X))[:, None], idx], axis=1)
+    est = skdim.id.lPCA().fit_pw(X, precomputed_knn=hood, n_neighbors=_LPCA_K).dimension_pw_
+    return float(np.mean(est))
+
+
 def accuracy_estimators() -> dict[str, tuple[Callable, Callable | None]]:
     import skdim
 
@@ -224,6 +241,8 @@ def accuracy_estimators() -> dict[str, tuple[Callable, Callable | None]]:
             lambda X: gd.correlation_dimension(X, n_radii=2),
             lambda X: skdim.id.CorrInt().fit(X).dimension_,
         ),
+        "lPCA global (FO)": (gd.local_pca, lambda X: float(skdim.id.lPCA().fit(X).dimension_)),
+        "lPCA pointwise (FO, k=20; mean)": (_ours_lpca_pw, _skdim_lpca_pw),
         "Calibrated(TwoNN)": (lambda X: gd.calibrated(X), None),
         "Calibrated(TwoNN, cube)": (lambda X: gd.calibrated(X, reference="cube"), None),
     }
