@@ -284,10 +284,26 @@ def test_selected_bandwidth_gives_accurate_tangents() -> None:
     assert np.median(ang) < 5.0, np.median(ang)
 
 
+def test_default_grid_is_continued_while_the_criterion_falls(caplog) -> None:
+    """On 800 points of the unit sphere the distortion falls beyond the default grid's end
+    (the 200th neighbour, ~0.99): the grid is continued and the minimum (~1.28) is interior,
+    not the end with a warning as before."""
+    X = sphere(800, d=2, ambient_dim=3, random_state=0).X
+    with caplog.at_level("WARNING"):
+        sel = select_radius(X, 2)
+    assert sel.radii.size > 12 and sel.radii[11] < 1.0 < sel.radius < sel.radii[-1]
+    best = int(np.nanargmin(sel.distortion))
+    assert sel.radius == sel.radii[best] and 0 < best < sel.radii.size - 1
+    assert "largest candidate" not in caplog.text
+    given = select_radius(X, 2, sel.radii[:12])  # radii given: used as they are
+    assert given.radii.size == 12 and given.radius == sel.radii[11]
+
+
 def test_default_radii_and_invalid_radii() -> None:
     X = sphere(400, random_state=2).X
     rs = select_radius(X, 2, n_samples=40, n_radii=5, criterion="stability")
-    assert rs.valid[0] and rs.radii.size == 5 and np.isfinite(rs.stability[:-1]).all()
+    assert rs.valid[0] and rs.radii.size >= 5 and np.isfinite(rs.stability[:-1]).all()
+    assert (np.diff(rs.radii) > 0).all()
     small = select_radius(X, 2, [1e-3, 0.5], n_samples=40)  # 1e-3: nobody has neighbours
     assert not small.valid[0] and np.isnan(small.distortion[0]) and small.radius == 0.5
     with pytest.raises(ValueError, match="no candidate radius"):
@@ -336,7 +352,7 @@ def test_isolated_vertex_in_the_unnormalized_laplacian():
 def test_select_radius_warns_when_the_minimum_is_at_the_last_candidate(caplog) -> None:
     X = sphere(800, d=2, random_state=0).X
     with caplog.at_level("WARNING", logger="geomsae.graph.radius"):
-        rs = select_radius(X, 2, n_samples=60)
+        rs = select_radius(X, 2, np.geomspace(0.25, 0.9, 8), n_samples=60)
     assert rs.radius == pytest.approx(float(np.nanmax(rs.radii[np.isfinite(rs.distortion)])))
     assert "may lie beyond" in caplog.text
     caplog.clear()

@@ -134,6 +134,53 @@ def _default_radii(Xt, sample, min_neighbors: int, n_radii: int) -> np.ndarray:
     return np.geomspace(r_lo, r_hi, n_radii)
 
 
+_MAX_EXTENSIONS = 3  # continuations of the default radius grid (each by n_radii / 2 steps)
+
+
+def _curves(
+    Xt: torch.Tensor,
+    sample: np.ndarray,
+    radii: np.ndarray,
+    d: int,
+    cutoff: float,
+    norm: str,
+    min_neighbors: int,
+    square_weights: bool,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The three criteria, the mean neighbour count and validity at each radius."""
+    G = radius_neighbors(Xt, float(radii[-1]))
+    curves = {c: np.full(radii.size, np.nan) for c in ("distortion", "eigengap", "stability")}
+    mean_nb, valid = np.zeros(radii.size), np.zeros(radii.size, dtype=bool)
+    prev = None
+    for t, r in enumerate(radii):
+        eps = r / cutoff
+        K = affinity_matrix(_restrict(G, r), eps)
+        nbr, w, counts = _padded_rows(K[sample].tocsr())
+        mean_nb[t] = counts.mean() - 1
+        valid[t] = counts.min() - 1 >= min_neighbors
+        ts = weighted_local_pca(
+            Xt, nbr, w, d, indices=sample, bandwidth=eps, square_weights=square_weights,
+            check_rank=False,
+        )  # fmt: skip
+        if valid[t]:
+            L = laplacian_matrix(K, "geometric", scaling_epps=eps)
+            curves["distortion"][t] = _distortion(Xt, sample, ts.bases, L, norm).mean()
+            lam = ts.eigenvalues
+            nxt = lam[:, d] if lam.shape[1] > d else torch.zeros_like(lam[:, 0])
+            curves["eigengap"][t] = float((nxt / lam[:, d - 1]).mean())
+            if prev is not None and valid[t - 1]:
+                gd = grassmann_distance(prev, ts.bases, check=False)
+                curves["stability"][t - 1] = float(gd.mean())
+        prev = ts.bases
+        logger.debug(
+            "select_radius: r=%.4g nbrs=%.1f %s",
+            r,
+            mean_nb[t],
+            {k: v[t] for k, v in curves.items()},
+        )
+    return curves, mean_nb, valid
+
+
 def select_radius(
     X: Any,
     d: int,
@@ -158,7 +205,10 @@ def select_radius(
     radii : array of shape (n_radii,), optional
         Candidate radii. Default: ``n_radii`` log-spaced values from the smallest radius that
         gives every sample point ``min_neighbors`` neighbours to the median distance to the
-        ``max(200, 10 * min_neighbors)``-th neighbour (at least twice the smallest).
+        ``max(200, 10 * min_neighbors)``-th neighbour (at least twice the smallest). Where
+        the criterion is still falling at that end, the grid is continued geometrically by
+        ``n_radii / 2`` radii at a time (at most 3 times, and not once the mean neighbour
+        count reaches ``n / 2``); the result's ``radii`` holds every radius tried.
     criterion : {"distortion", "eigengap", "stability"}
         Curve to minimise (all three are returned).
     n_samples : int
@@ -203,6 +253,7 @@ def select_radius(
     unit = unit_scale(Xt)
     if unit != 1.0:
         Xt = Xt * unit
+    default_grid = radii is None
     if radii is not None:
         radii = np.sort(np.asarray(radii, dtype=float).ravel())
         if radii.size == 0 or not np.isfinite(radii).all() or (radii <= 0).any():
@@ -217,36 +268,23 @@ def select_radius(
         radii = scaled
     else:
         radii = np.sort(np.asarray(_default_radii(Xt, sample, min_neighbors, n_radii), float))
-    G = radius_neighbors(Xt, float(radii[-1]))
-    curves = {c: np.full(radii.size, np.nan) for c in ("distortion", "eigengap", "stability")}
-    mean_nb, valid = np.zeros(radii.size), np.zeros(radii.size, dtype=bool)
-    prev = None
-    for t, r in enumerate(radii):
-        eps = r / cutoff
-        K = affinity_matrix(_restrict(G, r), eps)
-        nbr, w, counts = _padded_rows(K[sample].tocsr())
-        mean_nb[t] = counts.mean() - 1
-        valid[t] = counts.min() - 1 >= min_neighbors
-        ts = weighted_local_pca(
-            Xt, nbr, w, d, indices=sample, bandwidth=eps, square_weights=square_weights,
-            check_rank=False,
-        )  # fmt: skip
-        if valid[t]:
-            L = laplacian_matrix(K, "geometric", scaling_epps=eps)
-            curves["distortion"][t] = _distortion(Xt, sample, ts.bases, L, norm).mean()
-            lam = ts.eigenvalues
-            nxt = lam[:, d] if lam.shape[1] > d else torch.zeros_like(lam[:, 0])
-            curves["eigengap"][t] = float((nxt / lam[:, d - 1]).mean())
-            if prev is not None and valid[t - 1]:
-                gd = grassmann_distance(prev, ts.bases, check=False)
-                curves["stability"][t - 1] = float(gd.mean())
-        prev = ts.bases
-        logger.debug(
-            "select_radius: r=%.4g nbrs=%.1f %s",
-            r,
-            mean_nb[t],
-            {k: v[t] for k, v in curves.items()},
-        )
+    curves, mean_nb, valid = _curves(Xt, sample, radii, d, cutoff, norm, min_neighbors,
+                                     square_weights)  # fmt: skip
+    for _ in range(_MAX_EXTENSIONS if default_grid else 0):
+        # the default grid ends at a guess (the 200th neighbour); where the minimum sits on
+        # that end, continue the grid geometrically (while it adds neighbours, up to n / 2)
+        score = curves[criterion]
+        finite = np.flatnonzero(np.isfinite(score))
+        if finite.size < 2 or int(np.nanargmin(score)) != finite[-1]:
+            break
+        if mean_nb[-1] >= n / 2:
+            break
+        step = radii[-1] / radii[-2]
+        radii = np.r_[radii, radii[-1] * step ** np.arange(1, max(1, n_radii // 2) + 1)]
+        logger.info("select_radius: %s still falling at the default grid's end; radii up to "
+                    "%.4g", criterion, radii[-1] / unit)  # fmt: skip
+        curves, mean_nb, valid = _curves(Xt, sample, radii, d, cutoff, norm, min_neighbors,
+                                         square_weights)  # fmt: skip
     score = curves[criterion]
     if not np.isfinite(score).any():
         raise ValueError(
