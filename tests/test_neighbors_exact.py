@@ -610,3 +610,51 @@ def test_projected_radius_beside_far_tokens_measures_few_pairs(monkeypatch):
     H = radius_neighbors(X, radius, method="brute")
     assert G.nnz == H.nnz and not (G != H).nnz
     assert sum(measured) < 3 * G.nnz + 10 * X.shape[0], (sum(measured), G.nnz)
+
+
+def test_float32_screen_at_very_large_dimension():
+    """At D = 16 384 the float32 keys took the bias |r|^2 through the BLAS's C (rounded again
+    at every block of the inner dimension, ~D / 64 times: beyond the bound), and a decoy 8e-4
+    farther in squared distance than the true nearest point was returned (one thread; the
+    reviewer's construction). The bias now comes after the product."""
+    K = 16384
+    t = np.float32(0.49 * 2.0**-9 / 512)
+    q = np.full(K, t, dtype=np.float64)
+    q[0] = 0
+    rstar, e0 = np.ones(K), np.eye(1, K)[0]
+    d_star = ((q - rstar) ** 2).sum()
+    a, b = np.sqrt(d_star + 0.0008), np.sqrt(d_star + 0.0175)
+    R = np.stack([rstar, -rstar, a * e0, -a * e0] + [b * e0, -b * e0] * 4)  # mean exactly 0
+    Q = np.tile(q, (128, 1))  # >= 128 rows: the float32 screen is made
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = knn(Q, 1, Y=R, screen_dtype=torch.float32, method="brute")
+    finally:
+        torch.set_num_threads(threads)
+    assert (got.indices[:, 0] == 0).all()
+    np.testing.assert_allclose(got.distances[:, 0] ** 2, d_star, rtol=1e-12)
+
+
+def test_float32_products_stay_ieee_under_medium_matmul_precision():
+    """``torch.set_float32_matmul_precision("medium")`` lets oneDNN multiply float32 in
+    bfloat16 on CPU; the float32 screens' bounds assume IEEE products (before: 25-26 of 3000
+    rows wrong). The searches and estimators run with IEEE float32 products and restore the
+    setting."""
+    from geomsae import dimension as gd
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 6)) @ rng.standard_normal((6, 200))
+    X += 0.01 * rng.standard_normal((3000, 200))
+    d, i = _sklearn_knn(X, 10)
+    lpca = gd.LocalPCA().fit_pointwise(X, n_neighbors=20).dimension_pw_
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        got = knn(X, 10, screen_dtype=torch.float32, method="brute")
+        medium = gd.LocalPCA().fit_pointwise(X, n_neighbors=20).dimension_pw_
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    np.testing.assert_array_equal(got.indices, i)
+    np.testing.assert_array_equal(medium, lpca)

@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from geomsae.neighbors import as_tensor, check_points, find_duplicates, unit_scale
+from geomsae.neighbors.precision import ieee_float32
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class IDEstimator(BaseEstimator):
             Xt = Xt * self._unit
         return Xt
 
+    @ieee_float32()  # float32 covariances and screens assume IEEE products
     def fit(self, X: Any, y: Any = None) -> IDEstimator:
         """Estimate the global intrinsic dimension of ``X``, of shape (n_samples, n_features).
 
@@ -158,6 +160,7 @@ class IDEstimator(BaseEstimator):
         self.dimension_ = float(self._global(Xt))
         return self
 
+    @ieee_float32()
     def fit_pointwise(self, X: Any, y: Any = None, *, n_neighbors: int = 20) -> IDEstimator:
         """Estimate the dimension around every point from its ``n_neighbors`` nearest neighbours.
 

@@ -641,8 +641,8 @@ class Screen:
                     _BF16_UNIT_ROUNDOFF * r_norm if exact is None else rounding_errors(exact, Rs)
                 )
                 self.bound_cols = torch.stack([r_norm, r_err]).to(acc)
-            else:
-                self.bound_cols = r_norm.to(acc)[None, :]
+            else:  # float32: the bias |r|^2 and |r|, added to -2 q.r in one rank-2 update
+                self.bound_cols = torch.stack([self.r_sq, r_norm.to(acc)])
         if self.folded:
             self.R_aug = torch.cat([-2.0 * Rs, self.r_sq[:, None].to(Rs.dtype)], 1).T.contiguous()
         elif Rs.dtype == torch.bfloat16:
@@ -670,7 +670,7 @@ class Screen:
     @property
     def needs_query_errors(self) -> bool:
         """Whether :meth:`shifted` uses the queries' rounding errors (bfloat16 screens)."""
-        return bool(self.coef) and self.bound_cols.shape[0] == 2
+        return bool(self.coef) and self.Rs.dtype == torch.bfloat16
 
     def _assembly_coef(self) -> float:
         """``rel`` with ``rel (|q|^2 + |r|^2)`` bounding the error of forming ``key + |q|^2``
@@ -695,7 +695,7 @@ class Screen:
 
         ``rel |q|^2`` (:meth:`_assembly_coef`; the ``|r|^2`` part is in the keys), plus, for
         underflow, ``4 (K + 2)`` times float32's smallest normal number (folded) or 1e-30
-        (which covers up to ~1e8 features). The searches scale their data by a power of two
+        (which covers up to ~4e7 features). The searches scale their data by a power of two
         first (:func:`power_of_two_scale`), so these absolute terms are negligible there.
         float64 screens are taken as exact.
         """
@@ -727,8 +727,8 @@ class Screen:
     def product(self, Q: torch.Tensor) -> torch.Tensor | None:
         """The matrix product of a block for :meth:`shifted`, to pass to it in row slices.
 
-        bfloat16 screens: ``-2 q.r`` (bfloat16); float32: ``|r|^2 - 2 q.r``; folded: the
-        keys; all in a work buffer. None for (unfolded) float64 screens.
+        bfloat16 screens: ``-2 q.r`` (bfloat16); float32: ``q.r``; folded: the keys; all in a
+        work buffer. None for (unfolded) float64 screens.
         """
         Qs = Q.to(self.Rs.dtype)
         if self.folded:
@@ -738,8 +738,10 @@ class Screen:
         if Qs.dtype == torch.float64:
             return None
         if Qs.dtype == torch.float32:
-            out = self._buffer(Qs.shape[0], torch.float32)
-            return torch.addmm(self.r_sq[None, :], Qs, self.Rs.T, alpha=-2.0, out=out)
+            # q.r alone; the bias |r|^2 comes after, in the bound's rank-2 update (addmm with
+            # the bias as C rounds it again at every block of the inner dimension: ~D / 64
+            # roundings of |r|^2 at D = 16 384, beyond the bound, and a wrong neighbour)
+            return torch.mm(Qs, self.Rs.T, out=self._buffer(Qs.shape[0], torch.float32))
         out = self._buffer(Qs.shape[0], torch.bfloat16)
         if not Qs.is_cuda:
             return torch.mm(Qs, self.R_neg2, out=out)
@@ -767,7 +769,7 @@ class Screen:
         ``self_b[i]`` (if given) is set to +inf in row ``i``; ``q_sq`` (float64 squared norms
         of ``Q``) and ``q_err`` (:meth:`query_errors`) are computed when not given; ``raw``
         (all but float64 screens) is these rows' slice of the :meth:`product` of a larger
-        block (float32: finished in place).
+        block (float32: finished in place, the bias and bound in one rank-2 update).
         Except in float64, the result lives in a work buffer of this screen and is
         overwritten by the next call.
         """
@@ -783,13 +785,14 @@ class Screen:
             if q_sq is None:
                 q_sq = row_sq(Q.double())
             q_norm = torch.sqrt(q_sq)
-            if self.bound_cols.shape[0] == 2:
+            if dtype == torch.bfloat16:
                 if q_err is None:
                     q_err = self.query_errors(Q, q_norm)
                 U = bf16_pair_bound(q_norm, q_err, self.Rs.shape[1])
-            else:
-                U = self.coef * q_norm[:, None]
-            d2.addmm_(U.to(d2.dtype), self.bound_cols, alpha=-1.0)
+                d2.addmm_(U.to(d2.dtype), self.bound_cols, alpha=-1.0)
+            else:  # float32: -2 q.r + |r|^2 - coef |q| |r|, a few roundings in all
+                U = torch.stack([torch.ones_like(q_norm), -self.coef * q_norm], 1)
+                d2.addmm_(U.to(d2.dtype), self.bound_cols, beta=-2.0)
         if self_b is not None:
             d2[torch.arange(b, device=d2.device), self_b] = math.inf
         return d2

@@ -25,6 +25,7 @@ from geomsae.neighbors.brute import (
 )
 from geomsae.neighbors.checks import as_tensor, check_block_size, check_points, check_positive_int
 from geomsae.neighbors.plan import plan_radius
+from geomsae.neighbors.precision import ieee_float32
 from geomsae.neighbors.projected import projected_radius
 from geomsae.neighbors.search import METHODS
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["radius_neighbors"]
 
 
+@ieee_float32()
 def radius_neighbors(
     X: Any,
     radius: float,

@@ -25,6 +25,7 @@ from geomsae.neighbors.checks import (
     check_positive_int,
 )
 from geomsae.neighbors.plan import plan
+from geomsae.neighbors.precision import ieee_float32
 from geomsae.neighbors.projected import projected_knn
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Neighbors(NamedTuple):
     indices: Any
 
 
+@ieee_float32()
 def knn(
     X: Any,
     n_neighbors: int,
