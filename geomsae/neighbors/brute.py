@@ -584,9 +584,10 @@ def bf16_pair_bound(q_norm: torch.Tensor, q_err: torch.Tensor, n_features: int) 
     (no assumption ``|e| <= u |x|``), enlarged by ``2^-12`` for the float32 evaluation of the
     bound itself. Subnormal bfloat16 entries (below ~1e-38), which AVX-512 BF16 / AMX flush to
     zero in the product, are outside it; the searches scale their data to unit norms first,
-    and :meth:`Screen.error_bound`'s absolute 1e-30 covers what such entries can contribute. Rounding errors
-    are ~0.42 u of the norm on activations (at most u), so this is ~3.7 u |q| |r| against
-    the worst case ``pair_coef`` of ~8 u: tighter keys, fewer candidates to re-measure.
+    and :meth:`Screen.error_bound`'s absolute 1e-30 covers what such entries can contribute.
+    Rounding errors are ~0.42 u of the norm on activations (at most u), so this is
+    ~3.7 u |q| |r| against the worst case ``pair_coef`` of ~8 u: tighter keys, fewer
+    candidates to re-measure.
     """
     u = _BF16_UNIT_ROUNDOFF
     g = (n_features + 2) * torch.finfo(torch.float32).eps
