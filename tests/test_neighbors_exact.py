@@ -453,14 +453,10 @@ def _hard_first(rng: np.random.Generator, D: int = 64) -> tuple[np.ndarray, int]
     return np.vstack([hard, bulk]), 400
 
 
-def test_sorted_input_does_not_abort_the_reduced_precision_pass(monkeypatch):
-    """The pass is judged on a trial of evenly spaced rows, not on its first block: with a
-    run of hard rows first, only those go to the next precision (before: the bfloat16 pass
-    stopped after its first block and the float32 one after its second, leaving 2964 of 3400
-    rows to float64; on 20 000 kd-sorted activations 9.1 s instead of 5.4 s)."""
+def _rows_screened_per_dtype(monkeypatch) -> dict[torch.dtype, int]:
+    """Counts (filled as knn runs) of the query rows each brute-force screen dtype handles."""
     from geomsae.neighbors import brute
 
-    X, n_hard = _hard_first(np.random.default_rng(0))
     screened: dict[torch.dtype, int] = {}
     real = brute._knn_block
 
@@ -469,6 +465,16 @@ def test_sorted_input_does_not_abort_the_reduced_precision_pass(monkeypatch):
         return real(Qb, self_b, ref, dtype, n_cand, k)
 
     monkeypatch.setattr(brute, "_knn_block", spy)
+    return screened
+
+
+def test_sorted_input_does_not_abort_the_reduced_precision_pass(monkeypatch):
+    """The pass is judged on a trial of evenly spaced rows, not on its first block: with a
+    run of hard rows first, only those go to the next precision (before: the bfloat16 pass
+    stopped after its first block and the float32 one after its second, leaving 2964 of 3400
+    rows to float64; on 20 000 kd-sorted activations 9.1 s instead of 5.4 s)."""
+    X, n_hard = _hard_first(np.random.default_rng(0))
+    screened = _rows_screened_per_dtype(monkeypatch)
     perm = np.random.default_rng(1).permutation(len(X))
     got = {}
     for name, Y in (("hard first", X), ("shuffled", X[perm]), ("hard last", X[::-1].copy())):
@@ -561,17 +567,8 @@ def test_a_few_large_tokens_do_not_uncertify_every_row(monkeypatch, screen_dtype
     screen as without them (before, the screen's row bound went through the largest
     ``|r|^2``: 1527 of these rows fell to float64 from float32, 356 from bfloat16; 20 000
     SmolLM2 activations with 20 tokens at 30x took 4.2 s instead of 1.6 s)."""
-    from geomsae.neighbors import brute
-
     X = _cloud_with_large_tokens(np.random.default_rng(5), 96, 100.0)
-    screened: dict[torch.dtype, int] = {}
-    real = brute._knn_block
-
-    def spy(Qb, self_b, ref, dtype, n_cand, k):
-        screened[dtype] = screened.get(dtype, 0) + Qb.shape[0]
-        return real(Qb, self_b, ref, dtype, n_cand, k)
-
-    monkeypatch.setattr(brute, "_knn_block", spy)
+    screened = _rows_screened_per_dtype(monkeypatch)
     got = knn(X, 10, screen_dtype=screen_dtype, method="brute")
     assert screened[screen_dtype] == len(X)
     assert sum(v for t, v in screened.items() if t != screen_dtype) <= 0.05 * len(X), screened
