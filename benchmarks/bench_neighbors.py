@@ -1,7 +1,7 @@
 """Exact k-NN and radius graphs: geomsae (brute force and projected screen) vs scikit-learn.
 
     .venv/bin/python benchmarks/bench_neighbors.py [--n 5000 20000] [--k 2 20 49]
-        [--activations 20000] [--threads 1] [--seed 0]
+        [--activations 20000] [--large-tokens 30] [--threads 1] [--seed 0]
 
 Data sets (each searched by every method, same process, one after the other):
 
@@ -11,7 +11,9 @@ Data sets (each searched by every method, same process, one after the other):
   ``method="auto"`` should decline it at no extra cost);
 * ``activations`` (with ``--activations N``): N deduplicated rows of SmolLM2-135M's
   ``blocks.6.hook_resid_post`` (the embedded model and corpus; harvested on first use and
-  cached under ``~/.cache/geomsae``).
+  cached under ``~/.cache/geomsae``);
+* with ``--large-tokens F``, each of these again with 0.2 % of its rows scaled by ``F`` about
+  the mean (outlier tokens: the screens' error bounds must not loosen for every row).
 
 For each: seconds for geomsae ``knn(X, k)`` with ``method="brute"`` and ``"auto"`` (the
 projection when its planner predicts a gain), and for scikit-learn's
@@ -53,7 +55,22 @@ def datasets(args: argparse.Namespace) -> dict[str, np.ndarray]:
     if args.activations:
         X = activations(args.activations, args.seed)
         out[f"activations n={len(X)}"] = X
+    if args.large_tokens:
+        for name, X in list(out.items()):
+            out[f"{name}, 0.2 % x{args.large_tokens:g}"] = with_large_tokens(
+                X, args.large_tokens, args.seed
+            )
     return out
+
+
+def with_large_tokens(X: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
+    """A copy of ``X`` with 0.2 % of its rows (at least one) scaled by ``factor`` about the
+    mean, as the outlier tokens of residual streams (10-100x the typical norm)."""
+    Y = X.copy()
+    rows = np.random.default_rng(seed).choice(len(X), max(1, len(X) // 500), replace=False)
+    mu = X.mean(0)
+    Y[rows] = mu + factor * (X[rows] - mu)
+    return Y
 
 
 def activations(n: int, seed: int = 0) -> np.ndarray:
@@ -123,6 +140,9 @@ def main() -> None:
     p.add_argument("--n", nargs="+", type=int, default=[5000, 20000])
     p.add_argument("--k", nargs="+", type=int, default=[2, 20, 49])
     p.add_argument("--activations", type=int, default=0, help="also N real layer-6 activations")
+    p.add_argument(
+        "--large-tokens", type=float, default=0.0, help="also each set with 0.2 %% of rows x F"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
