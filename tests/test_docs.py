@@ -1,6 +1,5 @@
 """The Python examples of the pages of ``docs/`` run as written (each page's blocks in
-order, in one namespace, from a scratch directory). ``models-text-activations.md`` is left out:
-it loads Hugging Face models and datasets online."""
+order, in one namespace, from a scratch directory)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ PAGES = [
     "dimension.md",
     "graph.md",
     "manifolds.md",
+    pytest.param("models-text-activations.md", marks=pytest.mark.slow),  # embedded model
     "neighbors.md",
     "sae.md",
     "superposition.md",
