@@ -320,6 +320,20 @@ def test_largest_gap_counts_the_curvature_direction_without_noise():
     assert med == {"fo": 3, "variance": 3, "gap": 4}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_largest_gap_with_no_more_points_than_dimensions(dtype):
+    """m centred points span m - 1 dimensions: with m <= D the m-th eigenvalue is a rounding
+    zero, and the largest ratio must not be taken to it (that counted k, or n - 1 globally)."""
+    rng = np.random.default_rng(0)
+    X = np.zeros((1000, 50))
+    X[:, :3] = rng.standard_normal((1000, 3))
+    X += 0.01 * rng.standard_normal(X.shape)
+    for rule in ("gap", "fo", "variance"):
+        est = gd.LocalPCA(rule=rule, dtype=dtype)
+        assert np.all(est.fit_pointwise(X, n_neighbors=20).dimension_pw_ == 3), rule
+        assert gd.LocalPCA(rule=rule, dtype=dtype).fit(X[:40]).dimension_ == 3, rule
+
+
 @pytest.mark.parametrize("D", [3, 40])  # covariance branch and Gram branch
 def test_local_eigenvalues_match_numpy(D):
     rng = np.random.default_rng(0)

@@ -396,8 +396,15 @@ class LocalPCA(IDEstimator):
             raise ValueError("need 0 < alpha < 1 and 0 < variance <= 1")
 
     def _count(self, lam: torch.Tensor, m: int = 0) -> torch.Tensor:
-        """The rule's counts; ``m``: the points per neighbourhood (pointwise, for the
-        ``"gap"`` rule's noise floor, ``m`` eps of the working precision)."""
+        """The rule's counts; ``m``: the points per neighbourhood (or data set).
+
+        ``m`` centred points span at most ``m - 1`` dimensions, so when ``m <= D`` the last
+        eigenvalue is a rounding-level zero by construction: it is left out (the largest-gap
+        rule would otherwise find its biggest ratio there and count ``m - 1``). ``m`` also sets
+        the ``"gap"`` rule's noise floor, ``m`` eps of the working precision.
+        """
+        if 1 < m <= lam.shape[1]:
+            lam = lam[:, : m - 1]
         rtol = max(1e-12, m * torch.finfo(self.dtype).eps)
         return dimension_from_eigenvalues(
             lam, self.rule, alpha=self.alpha, variance=self.variance, rtol=rtol
@@ -426,7 +433,7 @@ class LocalPCA(IDEstimator):
             G = Y @ Y.T if n <= D else Y.T @ Y
             lam = torch.from_numpy(np.linalg.eigvalsh(G / (n - 1))[::-1].copy())
         self._keep_eigenvalues(lam.cpu().numpy(), 0.0)
-        return float(self._count(lam[None])[0])
+        return float(self._count(lam[None], n)[0])
 
     def _keep_eigenvalues(self, lam: np.ndarray, err: float) -> None:
         """``eigenvalues_`` and ``eigenvalue_error_`` in data units (squared), from those of
