@@ -37,3 +37,16 @@ def test_examples_run(page, tmp_path, monkeypatch):
     namespace: dict = {"__name__": "__docs__"}
     for code in blocks:
         exec(compile(code, f"docs/{page}", "exec"), namespace)
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs(tmp_path, monkeypatch):
+    """The README's notebook example, as written, on a fresh activation cache (~2 min)."""
+    blocks = python_blocks(DOCS.parent / "README.md")
+    assert len(blocks) == 1
+    monkeypatch.setenv("GEOMSAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__docs__"}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["est"].support_.shape == (4,)
+    assert namespace["store"].d_in == 576
