@@ -586,3 +586,30 @@ def test_corrint_and_calibrated_parameter_checks():
         gd.CorrelationDimension(n_radii=2.5).fit(X)
     with pytest.raises(ValueError, match="max_dim"):
         gd.Calibrated(max_dim=0).fit(X)
+
+
+def test_fit_pointwise_uses_the_estimators_own_n_neighbors():
+    X = sphere(600, d=2, ambient_dim=5, random_state=0).X
+    assert gd.MLE(n_neighbors=10).fit_pointwise(X).n_neighbors_ == 10
+    assert gd.LocalPCA(n_neighbors=50).fit_pointwise(X).n_neighbors_ == 50
+    assert gd.Calibrated(gd.MLE(n_neighbors=7)).fit_pointwise(X).n_neighbors_ == 7
+    assert gd.TwoNN().fit_pointwise(X).n_neighbors_ == 20  # no parameter of its own
+    assert gd.LocalPCA().fit_pointwise(X).n_neighbors_ == 20  # its n_neighbors is None
+    assert gd.MLE(n_neighbors=10).fit_pointwise(X, n_neighbors=15).n_neighbors_ == 15
+    mg = 1 / np.mean(1 / gd.MLE(n_neighbors=10).fit_pointwise(X).dimension_pw_)
+    assert mg == pytest.approx(gd.mle(X, 10))  # fit and fit_pointwise: the same k
+
+
+def test_calibrated_pointwise_ignores_undefined_raw_estimates():
+    """400 grid points have tied neighbour distances (NaN raw estimates): they stay NaN, and
+    the calibration curve stops where the defined ones need it (it ran to d = 187 before)."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2)
+    X = np.c_[np.vstack([grid, rng.random((600, 2)) * 20 + 100]), np.zeros((1000, 198))]
+    est = gd.Calibrated().fit_pointwise(X, n_neighbors=4)
+    assert np.isnan(est.dimension_pw_[:400]).all() and not np.isnan(est.dimension_pw_[400:]).any()
+    assert est.calibration_dims_.max() == 30
+    alone = gd.Calibrated().fit_pointwise(X[400:], n_neighbors=4)
+    assert np.median(est.dimension_pw_[400:]) == pytest.approx(
+        np.median(alone.dimension_pw_), abs=0.1
+    )

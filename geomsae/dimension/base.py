@@ -118,6 +118,10 @@ def check_max_dim(max_dim: Any, n_features: int) -> int:
     return int(max_dim)
 
 
+#: ``fit_pointwise``'s neighbourhood size for estimators without an ``n_neighbors`` parameter
+DEFAULT_POINTWISE_NEIGHBORS = 20
+
+
 class IDEstimator(BaseEstimator):
     """Base class: ``fit`` -> ``dimension_``, ``fit_pointwise`` -> ``dimension_pw_``.
 
@@ -161,15 +165,21 @@ class IDEstimator(BaseEstimator):
         return self
 
     @ieee_float32()
-    def fit_pointwise(self, X: Any, y: Any = None, *, n_neighbors: int = 20) -> IDEstimator:
+    def fit_pointwise(
+        self, X: Any, y: Any = None, *, n_neighbors: int | None = None
+    ) -> IDEstimator:
         """Estimate the dimension around every point from its ``n_neighbors`` nearest neighbours.
 
-        Returns ``self``; the estimates are ``self.dimension_pw_``, an array of shape (n_kept,).
+        ``n_neighbors=None``: the estimator's own ``n_neighbors`` parameter where it has one set
+        (``MLE(n_neighbors=10)``, ``LocalPCA(n_neighbors=50)``, a calibrated estimator's), else
+        20. Returns ``self``; the estimates are ``self.dimension_pw_``, an array of shape (n_kept,).
         Points where the estimate is undefined (NaN: e.g. every ratio in the neighbourhood
         tied, on discrete data, or a distance of 0 when duplicates were not dropped) are
         counted in a logged warning; a ValueError if all are.
         """
         Xt = self._prepare(X)
+        if n_neighbors is None:
+            n_neighbors = self._default_neighbors()
         k = check_n_neighbors(n_neighbors, Xt.shape[0], minimum=self._min_neighbors)
         self.n_neighbors_ = k
         pw = self._pointwise(Xt, k).detach().cpu().numpy().astype(np.float64)
@@ -187,6 +197,11 @@ class IDEstimator(BaseEstimator):
             )  # fmt: skip
         self.dimension_pw_ = pw
         return self
+
+    def _default_neighbors(self) -> int:
+        """``fit_pointwise``'s neighbourhood size when none is given."""
+        k = getattr(self, "n_neighbors", None)
+        return DEFAULT_POINTWISE_NEIGHBORS if k is None else k
 
     def fit_predict(self, X: Any, y: Any = None) -> float:
         """``fit(X).dimension_``."""

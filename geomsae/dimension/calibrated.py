@@ -224,12 +224,17 @@ class Calibrated(IDEstimator):
         self.calibration_dims_, self.calibration_values_ = dims, vals
         return min(float(self._smooth_inverse(dims, vals, np.array([raw]))[0]), float(cap))
 
+    def _default_neighbors(self) -> int:
+        return self._base()._default_neighbors()
+
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
         self._check()
         raw = self._base().fit_pointwise(X, n_neighbors=n_neighbors).dimension_pw_
         cap = self._cap(X)
         n_ref = min(X.shape[0], self.max_samples)
-        dims, vals = self._curve(n_ref, float(np.quantile(raw, 0.99)), cap, pointwise=n_neighbors)
+        # undefined (NaN) raw estimates stay NaN and do not decide how far the curve goes
+        target = float(np.nanquantile(raw, 0.99))
+        dims, vals = self._curve(n_ref, target, cap, pointwise=n_neighbors)
         self.calibration_dims_, self.calibration_values_ = dims, vals
         return torch.as_tensor(np.minimum(self._smooth_inverse(dims, vals, raw), cap))
 
