@@ -244,6 +244,18 @@ def test_duplicates_give_a_clear_error() -> None:
     assert tangent_spaces(X, 2, n_neighbors=30).bases.shape == (600, 3, 2)
 
 
+@pytest.mark.parametrize(("scale", "offset"), [(1.0, 1e9), (1e-3, 1e6), (1.0, 1e12)])
+def test_far_from_the_origin_is_not_a_duplicate(scale, offset) -> None:
+    """A unit sphere translated by 1e9 (or 1 mm at 1000 km) has real neighbourhoods: the
+    rank check's rounding floor follows the mean's error (~k eps |x|), not 1e-10 |x|."""
+    X = sphere(500, d=2, random_state=0).X
+    ref = tangent_spaces(X, 2, n_neighbors=10)
+    far = tangent_spaces(scale * X + offset, 2, n_neighbors=10)
+    assert principal_angles(ref.bases, far.bases).max() < 1e-3
+    with pytest.raises(ValueError, match="deduplicate"):  # copies are still copies there
+        tangent_spaces(np.repeat(scale * X[:50] + offset, 6, axis=0), 2, n_neighbors=5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(sph) -> None:

@@ -169,9 +169,12 @@ def _check_rank(
 ):
     """One clear error when some neighbourhood cannot span d dimensions.
 
-    A neighbourhood of identical points has a covariance of pure rounding, ~(eps |x|)^2 from
-    its weighted mean: eigenvalues below 1e-20 of the squared norm of its centre (a spread
-    below 1e-10 of it) count as zero, which also catches ``d = 1``, where ``lam_d = lam_1``.
+    A neighbourhood of ``k`` identical points ``x`` has a covariance of pure rounding: the
+    weighted mean is off by at most ~``k eps |x|`` (its sum's error), and every centred point
+    is that same offset, so ``lam_1 <= (k eps |x|)^2``. Eigenvalues below ``(4 k eps)^2`` times
+    the squared norm of the centre count as zero (for ``k = 10``, a spread below ~1e-14 of
+    it), which also catches ``d = 1``, where ``lam_d = lam_1``. Real neighbourhoods far from
+    the origin (a unit sphere translated by 1e9) pass.
     """
     few = count < d + 1
     if bool(few.any()):
@@ -185,7 +188,8 @@ def _check_rank(
     bad = (lam1 <= 0) | (lamd <= 1e-12 * lam1)
     if centers is not None:
         c = torch.as_tensor(centers).to(eig)
-        bad |= lam1 <= 1e-20 * (c * c).sum(1)
+        rounding = (4.0 * count.to(eig) * torch.finfo(torch.float64).eps) ** 2
+        bad |= lam1 <= rounding * (c * c).sum(1)
     if bool(bad.any()):
         i = int(idx[bad.nonzero()[0, 0]])
         raise ValueError(
