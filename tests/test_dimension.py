@@ -423,6 +423,23 @@ def test_id_scale_curve_and_plateau_rule():
         gd.id_scale_curve(X[:10], scales=[8])
 
 
+def test_mle_scale_curve_leaves_out_what_mle_leaves_out():
+    """Points with r_1 = r_k (a lattice line) or r_1 = 0 (duplicates kept) are left out of the
+    curve's MLE, point and resamples, as MLE(n_neighbors=k) leaves them out (the curve gave
+    4.67 against MLE's 2.36 with ties, 0 with duplicates)."""
+    rng = np.random.default_rng(0)
+    line = np.c_[np.arange(200.0), np.zeros(200)]
+    L = np.vstack([line, rng.standard_normal((200, 2)) * 50 + [100, 500]])
+    curve = gd.id_scale_curve(L, estimator="mle", scales=[2, 5, 10], n_bootstrap=50)
+    np.testing.assert_allclose(curve.dimension, [gd.mle(L, k) for k in (2, 5, 10)], rtol=1e-12)
+    assert (curve.ci_low <= curve.dimension).all() and (curve.dimension <= curve.ci_high).all()
+    X = rng.standard_normal((500, 3))
+    Xd = np.vstack([X, X[:20]])
+    curve = gd.id_scale_curve(Xd, estimator="mle", scales=[5, 10], on_duplicates="ignore")
+    expected = [gd.mle(Xd, k, on_duplicates="ignore") for k in (5, 10)]
+    np.testing.assert_allclose(curve.dimension, expected, rtol=1e-12)
+
+
 def test_plateau_rule_picks_the_flat_part():
     c = gd.IDScaleCurve(
         "gride", np.arange(6.0), np.arange(1.0, 7), np.array([9.0, 6.0, 5.1, 5.0, 5.05, 3.0]),

@@ -32,6 +32,7 @@ import torch
 
 from geomsae.dimension.base import prepare_points
 from geomsae.dimension.gride import gride_mle, usable
+from geomsae.dimension.mle import mle_pointwise_from_distances
 from geomsae.neighbors import knn, unit_scale
 from geomsae.neighbors.checks import check_positive_int
 
@@ -189,6 +190,7 @@ def id_scale_curve(
     if n_bootstrap > 0:
         W = torch.as_tensor(rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)).to(dist)
     est, lo, hi = [], [], []
+    tied = 0  # MLE scales with points left out
     q = [(1 - confidence) / 2, (1 + confidence) / 2]
     for s in sc:
         if estimator == "gride":
@@ -201,9 +203,17 @@ def id_scale_curve(
                 init = point.expand(n_bootstrap)
                 boot = gride_mle(stat.expand(n_bootstrap, n), int(s), int(2 * s), W * keep, init)[0]
         else:
-            inv = torch.log(dist[:, s - 1 : s] / dist[:, : s - 1]).sum(1) / (s - 1)  # 1 / m_k(x)
-            point = 1.0 / inv.mean()
-            boot = (W.sum(1) / (W @ inv)) if W is not None else None
+            # 1 / m_k(x), with MLE's rule for undefined points (tied or zero distances): they
+            # are left out of the mean (and of every resample), as MLE(n_neighbors=k) does
+            m_k = mle_pointwise_from_distances(dist[:, :s])
+            keep = torch.isfinite(m_k)
+            tied += int((~keep).sum()) > 0
+            inv = torch.where(keep, 1.0 / m_k, torch.zeros_like(m_k))
+            point = keep.sum() / inv.sum() if bool(keep.any()) else inv.new_tensor(float("nan"))
+            boot = None
+            if W is not None:
+                Wk = W * keep
+                boot = Wk.sum(1) / (Wk @ inv)
         est.append(float(point))
         if boot is None:
             lo.append(float(point))
@@ -212,6 +222,11 @@ def id_scale_curve(
             b = np.quantile(boot.cpu().numpy(), q)
             lo.append(float(b[0]))
             hi.append(float(b[1]))
+    if tied:
+        logger.warning(
+            "id_scale_curve: at %d MLE scales some points have r_1 = r_k or r_1 = 0 (tied "
+            "distances or duplicates); they are left out there, as MLE does", tied,
+        )  # fmt: skip
     undefined = [int(v) for v, e in zip(sc, est) if not np.isfinite(e)]
     if undefined:
         logger.warning(
