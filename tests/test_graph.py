@@ -382,3 +382,34 @@ def test_select_radius_on_duplicates_names_the_fix() -> None:
     X = np.repeat(np.random.default_rng(0).normal(size=(100, 3)), 4, axis=0)
     with pytest.raises(ValueError, match="deduplicate"):
         select_radius(X, 1)
+
+
+@pytest.mark.parametrize("n", [1000, 1001])  # dense eigh and sparse shift-invert
+def test_spectra_of_an_edgeless_graph(n):
+    """A radius below every distance leaves only the self-loops: all five Laplacians are 0
+    (the unnormalized one's shift was 0 there, and shift-invert hit a singular factor)."""
+    for method in ("geometric", "randomwalk", "symmetricnormalized", "unnormalized",
+                   "renormalized"):  # fmt: skip
+        ev = laplacian_spectrum(sp.identity(n, format="csr"), 3, method).eigenvalues
+        np.testing.assert_array_equal(ev, 0.0)
+
+
+def test_scalar_parameters_may_be_numpy_or_torch_scalars():
+    import torch
+
+    X = sphere(300, d=2, random_state=0).X
+    A = adjacency_matrix(X, radius=0.4)
+    K = affinity_matrix(A, bandwidth=0.2)
+    for s in (torch.tensor(0.2), np.float32(0.2), np.array(0.2)):
+        np.testing.assert_allclose(affinity_matrix(A, bandwidth=s).toarray(), K.toarray(),
+                                   rtol=1e-6)  # fmt: skip
+        L = laplacian_matrix(K, scaling_epps=s)
+        np.testing.assert_allclose(L.toarray(), laplacian_matrix(K, scaling_epps=0.2).toarray(),
+                                   rtol=1e-6)  # fmt: skip
+        assert tangent_spaces(X, 2, bandwidth=s).bandwidth == pytest.approx(0.2)
+    assert adjacency_matrix(X, radius=torch.tensor(0.4)).nnz == A.nnz
+    for bad in (True, "0.2", torch.tensor([0.2, 0.3]), complex(0.2, 0), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="finite number"):
+            affinity_matrix(A, bandwidth=bad)
+        with pytest.raises(ValueError, match="finite number"):
+            laplacian_matrix(K, scaling_epps=bad)

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from geomsae.neighbors import check_points, knn, radius_neighbors
+from geomsae.neighbors.checks import check_real
 
 __all__ = ["adjacency_matrix", "affinity_matrix"]
 
@@ -102,8 +103,7 @@ def affinity_matrix(adjacency: Any, bandwidth: float, *, symmetrize: bool = True
     """
     if not sp.issparse(adjacency):
         raise ValueError("adjacency must be a scipy.sparse matrix of distances")
-    if not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be a finite number > 0; got {bandwidth!r}")
+    bandwidth = check_real("bandwidth", bandwidth)
     A = sp.coo_matrix(adjacency)
     n = A.shape[0]
     if A.shape != (n, n):

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from geomsae.neighbors.checks import check_positive_int
+from geomsae.neighbors.checks import check_positive_int, check_real
 
 __all__ = ["LAPLACIANS", "Spectrum", "laplacian_matrix", "laplacian_spectrum"]
 
@@ -197,7 +197,8 @@ def laplacian_spectrum(
         vals, vecs = vals[:n_eigenvalues], vecs[:, :n_eigenvalues]
     else:  # shift-invert just outside the end of the spectrum we want (fast and robust)
         v0 = np.random.default_rng(random_state).standard_normal(n)
-        sigma = 1.0 + 1e-6 if flip else -1e-6 * float(abs(S.diagonal()).mean())
+        diag = float(abs(S.diagonal()).mean())  # 0 only for an edgeless graph's L = 0
+        sigma = 1.0 + 1e-6 if flip else -1e-6 * diag if diag > 0 else -1.0
         vals, vecs = spla.eigsh(S.tocsc(), k=n_eigenvalues, sigma=sigma, which="LM", v0=v0)
         order = np.argsort(-vals if flip else vals)
         vals, vecs = vals[order], vecs[:, order]
@@ -211,11 +212,8 @@ def laplacian_spectrum(
 
 def _epps_factor(scaling_epps: float) -> float:
     """``4 / scaling_epps^2``, after checking that ``scaling_epps`` is a finite number > 0."""
-    if not (isinstance(scaling_epps, (int, float, np.number)) and np.isfinite(scaling_epps)):
-        raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
-    if scaling_epps <= 0:
-        raise ValueError(f"scaling_epps must be a finite number > 0; got {scaling_epps!r}")
-    factor = 4.0 / float(scaling_epps) / float(scaling_epps)
+    scaling_epps = check_real("scaling_epps", scaling_epps)
+    factor = 4.0 / scaling_epps / scaling_epps
     if not 0.0 < factor < math.inf:
         raise ValueError(
             f"scaling_epps={scaling_epps!r} puts 4 / scaling_epps^2 outside float64's range; "

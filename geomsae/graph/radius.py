@@ -36,6 +36,7 @@ from geomsae.graph.affinity import affinity_matrix
 from geomsae.graph.laplacian import laplacian_matrix
 from geomsae.grassmann import grassmann_distance
 from geomsae.neighbors import as_tensor, check_points, knn, radius_neighbors, unit_scale
+from geomsae.neighbors.checks import check_real
 from geomsae.tangent import weighted_local_pca
 
 logger = logging.getLogger(__name__)
@@ -244,8 +245,7 @@ def select_radius(
         raise ValueError(f"n_samples must be an integer >= 1; got {n_samples!r}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1; got {n_samples!r}")
-    if not (np.isfinite(cutoff) and cutoff > 0):
-        raise ValueError(f"cutoff must be a finite number > 0; got {cutoff!r}")
+    cutoff = check_real("cutoff", cutoff)
     rng = np.random.default_rng(random_state)
     sample = np.sort(rng.choice(n, size=min(int(n_samples), n), replace=False))
     # every curve is scale-free: data far from unit scale (float64's squares over- or

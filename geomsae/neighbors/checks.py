@@ -137,6 +137,23 @@ def unit_scale(X: torch.Tensor) -> float:
     return math.ldexp(1.0, exp)
 
 
+def check_real(name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False) -> float:
+    """``value`` as a float, or a ValueError naming ``name``: a finite real number above
+    ``minimum`` (at or above with ``inclusive``), given as a Python or NumPy scalar or a 0-d
+    array or tensor (``torch.tensor(0.1)``); bools, strings and complex numbers are refused."""
+    v = value
+    if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0:
+        v = v.item()  # a bool or complex stays one, and is refused
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    if ok:
+        v = float(v)
+        ok = math.isfinite(v) and (v >= minimum if inclusive else v > minimum)
+    if not ok:
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
+    return v
+
+
 def check_positive_int(**values: Any) -> None:
     """A ``ValueError`` for any argument that is not an integer >= 1 (bools and floats such
     as 2.5 or 2.0 refused: a silent ``int()`` would truncate)."""

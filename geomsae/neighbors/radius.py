@@ -23,7 +23,13 @@ from geomsae.neighbors.brute import (
     power_of_two_scale,
     refine_pairs,
 )
-from geomsae.neighbors.checks import as_tensor, check_block_size, check_points, check_positive_int
+from geomsae.neighbors.checks import (
+    as_tensor,
+    check_block_size,
+    check_points,
+    check_positive_int,
+    check_real,
+)
 from geomsae.neighbors.plan import plan_radius
 from geomsae.neighbors.precision import ieee_float32
 from geomsae.neighbors.projected import projected_radius
@@ -74,14 +80,11 @@ def radius_neighbors(
         sorted within each row.
     """
     X = check_points(X, min_samples=1)
-    real = not isinstance(radius, bool) and isinstance(radius, (int, float, np.number))
-    if not real or not np.isfinite(radius) or radius < 0:
-        raise ValueError(f"radius must be a finite number >= 0; got {radius!r}")
+    radius = check_real("radius", radius, inclusive=True)
     raw = as_tensor(X, device).detach()  # the search is not differentiable
     ref = Reference.of(raw)  # centred: translation-invariant, small expansion errors
     check_block_size(block_size)
     scale = power_of_two_scale(ref.X, sq=[ref.sq])  # exact; keeps float32/64 in exponent range
-    radius = float(radius)
     if scale != 1.0:  # the centred copy only: direct measurements scale their differences
         ref = ref.scaled(scale)
         radius = radius * scale  # may be inf: clamped next

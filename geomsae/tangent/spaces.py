@@ -15,6 +15,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from geomsae.neighbors import as_indices, as_tensor, check_points, knn
+from geomsae.neighbors.checks import check_real
 from geomsae.tangent.pca import (
     _ARRAY_FIELDS,
     DEFAULT_MEMORY_BYTES,
@@ -143,8 +144,8 @@ def tangent_spaces(
             "give bandwidth= (radius neighbourhoods) or n_neighbors= (k-NN); "
             "geomsae.graph.select_radius(X, d) chooses a bandwidth"
         )
-    if bandwidth is not None and not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth must be a finite number > 0; got {bandwidth!r}")
+    if bandwidth is not None:
+        bandwidth = check_real("bandwidth", bandwidth)
     idx = (
         torch.arange(n, device=Xt.device)
         if indices is None
@@ -157,8 +158,7 @@ def tangent_spaces(
         nb = knn(Xt, int(n_neighbors), query_indices=idx.cpu().numpy())
         dist, ind = nb.distances, nb.indices
     else:
-        if not (np.isfinite(cutoff) and cutoff > 0):
-            raise ValueError(f"cutoff must be a finite number > 0; got {cutoff!r}")
+        cutoff = check_real("cutoff", cutoff)
         dist, ind = _radius_knn(Xt, idx, cutoff * bandwidth, max_neighbors)
     # the point itself comes first, at distance 0 with kernel weight 1
     dist = torch.cat([dist.new_zeros((idx.numel(), 1)), dist], 1)
