@@ -80,6 +80,20 @@ def test_benchmark_tangents_match_finite_differences(name):
         assert np.linalg.matrix_rank(J, tol=1e-8) == spec.d
 
 
+@pytest.mark.parametrize("name", ["M1_Sphere", "M10d_Cubic"])
+def test_benchmark_tangents_are_built_only_when_asked_for(name):
+    import tracemalloc
+
+    tracemalloc.start()
+    m = benchmark_manifold(name, 2500, random_state=0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert m.tangents is None and peak < 4 * m.X.nbytes  # was 105 MB for M10d's 1.4 MB
+    same = benchmark_manifold(name, 2500, tangents=True, random_state=0)
+    np.testing.assert_array_equal(same.X, m.X)  # the random stream does not depend on it
+    assert same.tangents.shape == (2500, *m.X.shape[1:], BENCHMARK_MANIFOLDS[name].d)
+
+
 def test_benchmark_is_seeded_and_all_sets_come_back():
     a = benchmark_manifolds(50, random_state=3)
     b = benchmark_manifolds(50, random_state=3)

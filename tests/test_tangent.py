@@ -133,6 +133,20 @@ def test_max_neighbors_caps_radius_neighbourhoods(sph, caplog) -> None:
     np.testing.assert_allclose(ts.weights, full.weights)  # the 20 nearest, Gaussian weights
 
 
+def test_max_neighbors_warns_only_when_something_was_left_out(caplog) -> None:
+    """Five clusters of 10 points: with max_neighbors=9 every radius neighbourhood is whole
+    (the 10th neighbour is in another cluster), so nothing is reported truncated."""
+    rng = np.random.default_rng(0)
+    X = np.repeat(np.eye(5) * 100, 10, axis=0) + rng.standard_normal((50, 5))
+    with caplog.at_level("WARNING", logger="geomsae.tangent"):
+        ts = tangent_spaces(X, 2, bandwidth=3.0, max_neighbors=9)
+    np.testing.assert_array_equal(ts.n_neighbors, 10)
+    assert "truncated" not in caplog.text
+    with caplog.at_level("WARNING", logger="geomsae.tangent"):
+        ts = tangent_spaces(X, 2, bandwidth=3.0, max_neighbors=8)
+    assert "truncated 50 rows" in caplog.text
+
+
 def test_knn_weights_uniform_and_indices_subset(sph) -> None:
     full = tangent_spaces(sph.X, 2, n_neighbors=10)
     np.testing.assert_allclose(full.weights, 1 / 11)

@@ -67,19 +67,23 @@ def _flat(X: np.ndarray, basis: np.ndarray, coordinates: np.ndarray | None) -> d
 
 
 # ---------------------------------------------------------------------------------------------
-# samplers: (rng, n, d, D) -> keyword arguments of finish()
+# samplers: (rng, n, d, D) -> keyword arguments of finish(); "tangents" may be a function
+# that builds them (called only when they are asked for)
 
 
 def _sphere(rng, n, d, D):
     V = rng.standard_normal((n, d + 1))
     U = V / np.linalg.norm(V, axis=1, keepdims=True)
-    # tangent of the sphere at u: Jacobian of v -> v/|v| restricted to a chart (see classic.sphere)
-    P = np.eye(d + 1)[None] - U[:, :, None] * U[:, None, :]
-    drop = np.argmax(np.abs(U), axis=1)
-    keep = np.arange(d + 1)[None, :] != drop[:, None]
-    P = P.transpose(0, 2, 1)[keep].reshape(n, d, d + 1).transpose(0, 2, 1)
-    T = np.concatenate([orthonormal_columns(P), np.zeros((n, D - d - 1, d))], axis=1)
-    return {"X": np.hstack([U, np.zeros((n, D - d - 1))]), "tangents": T}
+
+    def tangents() -> np.ndarray:
+        # tangent at u: Jacobian of v -> v/|v| restricted to a chart (see classic.sphere)
+        P = np.eye(d + 1)[None] - U[:, :, None] * U[:, None, :]
+        drop = np.argmax(np.abs(U), axis=1)
+        keep = np.arange(d + 1)[None, :] != drop[:, None]
+        P = P.transpose(0, 2, 1)[keep].reshape(n, d, d + 1).transpose(0, 2, 1)
+        return np.concatenate([orthonormal_columns(P), np.zeros((n, D - d - 1, d))], axis=1)
+
+    return {"X": np.hstack([U, np.zeros((n, D - d - 1))]), "tangents": tangents}
 
 
 _A35 = np.array([[1.2, -0.5, 0], [0.5, 0.9, 0], [-0.5, -0.2, 1], [0.4, -0.9, -0.1], [1.1, -0.3, 0]])
@@ -161,11 +165,15 @@ def _cubic(rng, n, d, D):
     axis, side = face // 2, (face % 2).astype(float)
     C = rng.random((n, d + 1))
     C[np.arange(n), axis] = side
-    T = np.zeros((n, D, d))
-    free = np.arange(d + 1)[None, :] != axis[:, None]  # (n, d+1): the d free axes of each face
-    rows, cols = np.nonzero(free)
-    T[rows, cols, np.tile(np.arange(d), n)] = 1.0
-    return {"X": np.hstack([C, np.zeros((n, D - d - 1))]), "tangents": T}
+
+    def tangents() -> np.ndarray:
+        T = np.zeros((n, D, d))
+        free = np.arange(d + 1)[None, :] != axis[:, None]  # (n, d+1): each face's d free axes
+        rows, cols = np.nonzero(free)
+        T[rows, cols, np.tile(np.arange(d), n)] = 1.0
+        return T
+
+    return {"X": np.hstack([C, np.zeros((n, D - d - 1))]), "tangents": tangents}
 
 
 def _moebius(rng, n, d, D):
@@ -293,6 +301,8 @@ def benchmark_manifold(
     check_common(n, ambient_dim, noise)
     rng = as_rng(random_state)
     parts = spec.sample(rng, n, spec.d, spec.D)
+    if callable(parts.get("tangents")):  # (n, D, d) floats: built only when asked for
+        parts["tangents"] = parts["tangents"]() if tangents else None
     return finish(
         name,
         spec.d,

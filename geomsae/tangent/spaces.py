@@ -48,14 +48,16 @@ def _radius_knn(X: Any, idx: torch.Tensor, cutoff: float, max_neighbors: int | N
     ind = torch.zeros((idx.numel(), 0), dtype=torch.long, device=idx.device)
     pending = torch.arange(idx.numel(), device=idx.device)
     while pending.numel():
-        nb = knn(X, k, query_indices=idx[pending].cpu().numpy())
+        # at the cap, one neighbour more tells whether a row was truncated
+        look = k + 1 if k >= cap and cap < n - 1 else k
+        nb = knn(X, look, query_indices=idx[pending].cpu().numpy())
         dq = torch.as_tensor(nb.distances, device=idx.device)
         iq = torch.as_tensor(nb.indices, device=idx.device)
         if k > dist.shape[1]:  # widen the output
             extra = k - dist.shape[1]
             dist = torch.cat([dist, dist.new_full((dist.shape[0], extra), math.inf)], 1)
             ind = torch.cat([ind, ind.new_zeros((ind.shape[0], extra))], 1)
-        dist[pending, :k], ind[pending, :k] = dq, iq
+        dist[pending, :k], ind[pending, :k] = dq[:, :k], iq[:, :k]
         full = dq[:, -1] <= cutoff
         if k >= cap:
             if bool(full.any()) and max_neighbors is not None:
