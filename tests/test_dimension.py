@@ -334,6 +334,25 @@ def test_largest_gap_with_no_more_points_than_dimensions(dtype):
         assert gd.LocalPCA(rule=rule, dtype=dtype).fit(X[:40]).dimension_ == 3, rule
 
 
+def test_global_noise_floor_follows_float64_eigenvalues():
+    """Global PCA's eigenvalues are float64: its noise floor is n eps64, not n eps32 (at
+    n = 50 000 that floored the third eigenvalue, 0.4 % of the first, and the gap rule gave 2)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50_000, 10)) * np.r_[1, 0.95, 0.063, [1e-3] * 7]
+    assert gd.local_pca(X, rule="gap") == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_variance_one_counts_the_rank_in_either_precision(dtype):
+    """variance=1 on exactly rank-3 data: eigenvalues at the working precision's rounding
+    level are zeros, not variance to explain (float32 counted 6.5 on average)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3)) @ rng.standard_normal((3, 10))
+    est = gd.LocalPCA("variance", variance=1.0, dtype=dtype)
+    assert np.all(est.fit_pointwise(X, n_neighbors=20).dimension_pw_ == 3)
+    assert est.fit(X).dimension_ == 3
+
+
 @pytest.mark.parametrize("D", [3, 40])  # covariance branch and Gram branch
 def test_local_eigenvalues_match_numpy(D):
     rng = np.random.default_rng(0)

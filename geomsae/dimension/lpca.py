@@ -63,8 +63,9 @@ def dimension_from_eigenvalues(
     variance : float
         Fraction of the variance to explain for ``"variance"``.
     rtol : float
-        ``"gap"``: eigenvalues below ``rtol * l_1`` are taken as zero (their ratios are
-        rounding noise); pass about ``m * eps`` of the precision they were computed in.
+        ``"gap"`` and ``"variance"``: eigenvalues below ``rtol * l_1`` are taken as zero
+        (rounding noise: their ratios are meaningless, and with ``variance=1`` they would be
+        counted); pass about ``m * eps`` of the precision they were computed in.
 
     Returns
     -------
@@ -85,6 +86,7 @@ def dimension_from_eigenvalues(
     if rule == "fo":
         return (lam > alpha * lam[:, :1]).sum(1).to(torch.float64)
     if rule == "variance":
+        lam = torch.where(lam > rtol * lam[:, :1], lam, torch.zeros_like(lam))
         frac = torch.cumsum(lam, 1) / lam.sum(1, keepdim=True)
         return 1.0 + (frac < variance - 1e-12).sum(1).to(torch.float64)
     if rule == "gap":
@@ -395,17 +397,20 @@ class LocalPCA(IDEstimator):
         if not 0 < self.alpha < 1 or not 0 < self.variance <= 1:
             raise ValueError("need 0 < alpha < 1 and 0 < variance <= 1")
 
-    def _count(self, lam: torch.Tensor, m: int = 0) -> torch.Tensor:
-        """The rule's counts; ``m``: the points per neighbourhood (or data set).
+    def _count(
+        self, lam: torch.Tensor, m: int = 0, precision: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """The rule's counts; ``m``: the points per neighbourhood (or data set), ``precision``:
+        what the eigenvalues were computed in (default ``self.dtype``).
 
         ``m`` centred points span at most ``m - 1`` dimensions, so when ``m <= D`` the last
         eigenvalue is a rounding-level zero by construction: it is left out (the largest-gap
-        rule would otherwise find its biggest ratio there and count ``m - 1``). ``m`` also sets
-        the ``"gap"`` rule's noise floor, ``m`` eps of the working precision.
+        rule would otherwise find its biggest ratio there and count ``m - 1``). ``m`` eps of
+        ``precision`` is also the noise floor of the ``"gap"`` and ``"variance"`` rules.
         """
         if 1 < m <= lam.shape[1]:
             lam = lam[:, : m - 1]
-        rtol = max(1e-12, m * torch.finfo(self.dtype).eps)
+        rtol = max(1e-12, m * torch.finfo(precision or self.dtype).eps)
         return dimension_from_eigenvalues(
             lam, self.rule, alpha=self.alpha, variance=self.variance, rtol=rtol
         )
@@ -433,7 +438,7 @@ class LocalPCA(IDEstimator):
             G = Y @ Y.T if n <= D else Y.T @ Y
             lam = torch.from_numpy(np.linalg.eigvalsh(G / (n - 1))[::-1].copy())
         self._keep_eigenvalues(lam.cpu().numpy(), 0.0)
-        return float(self._count(lam[None], n)[0])
+        return float(self._count(lam[None], n, lam.dtype)[0])  # float64 eigenvalues
 
     def _keep_eigenvalues(self, lam: np.ndarray, err: float) -> None:
         """``eigenvalues_`` and ``eigenvalue_error_`` in data units (squared), from those of
