@@ -168,6 +168,15 @@ def test_too_few_points_and_bad_parameters():
         gd.twonn(X, 1.0)
     with pytest.raises(ValueError, match="on_duplicates"):
         gd.twonn(X, on_duplicates="maybe")
+    # the message names what to change
+    for method in ("linear", "mle"):
+        with pytest.raises(ValueError, match=r"keeps 0 of 200 ratios .*lower discard_fraction"):
+            gd.twonn(X, 0.998, method=method)
+    with pytest.raises(ValueError, match="40 points have r1 = 0"):
+        gd.twonn(np.vstack([X, X[:20]]), on_duplicates="ignore")
+    with pytest.raises(ValueError, match=r"use k <= 28"):
+        gd.mind_ml(X[:30], 29)
+    assert np.isfinite(gd.mind_ml(X[:30], 28))  # the bound it names works
 
 
 # ------------------------------------------------------------------------------ closed forms

@@ -136,7 +136,7 @@ class MiNDML(IDEstimator):
         if k + 1 > X.shape[0] - 1:
             raise ValueError(
                 f"k={k} uses the (k+1)-th neighbour and needs more than {k + 1} points; got "
-                f"{X.shape[0]} (use k <= {X.shape[0] - 3} or more data)"
+                f"{X.shape[0]} (use k <= {X.shape[0] - 2} or more data)"
             )
         k = int(k)
         nb = knn(X, max(k + 1, n_neighbors))

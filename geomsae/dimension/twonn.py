@@ -58,13 +58,20 @@ def twonn_from_log_ratios(
     if method == "linear":
         keep = min(keep, m - 1)  # F = 1 at the last ratio would put log(0) in the fit
         if keep < 1:
-            raise ValueError(f"TwoNN needs at least 2 ratios per sample; got {m}")
+            raise ValueError(
+                f"TwoNN keeps {keep} of {m} ratios per sample (discard_fraction="
+                f"{discard_fraction}); it needs at least 1 below the largest: lower "
+                "discard_fraction or use more points"
+            )
         F = torch.arange(1, keep + 1, dtype=x.dtype, device=x.device) / m
         y = -torch.log1p(-F)  # (keep,)
         xk = x[:, :keep]
         return (xk * y).sum(1) / (xk * xk).sum(1)
     if keep < 2:
-        raise ValueError(f"TwoNN needs at least 2 kept ratios per sample; got {keep}")
+        raise ValueError(
+            f"TwoNN keeps {keep} of {m} ratios per sample (discard_fraction={discard_fraction});"
+            " the likelihood needs at least 2: lower discard_fraction or use more points"
+        )
     xk = x[:, :keep]
     return (keep - 1) / (xk.sum(1) + (m - keep) * xk[:, -1])
 
@@ -110,6 +117,12 @@ class TwoNN(IDEstimator):
         est = twonn_from_log_ratios(
             log_mu[None], discard_fraction=self.discard_fraction, method=self.method
         )
+        if bool((r[:, 0] <= 0).any()) and not bool(torch.isfinite(est).all()):
+            raise ValueError(
+                f"TwoNN is undefined here: {int((r[:, 0] <= 0).sum())} points have r1 = 0 "
+                "(duplicate points, kept by on_duplicates='ignore'); use "
+                "on_duplicates='drop' (or geomsae.neighbors.deduplicate)"
+            )
         if bool((log_mu <= TIED_LOG_RATIO).all()) or not bool(torch.isfinite(est).all()):
             raise ValueError(
                 "TwoNN is undefined here: every kept ratio r2/r1 is 1 (each point's two nearest "
