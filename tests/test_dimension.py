@@ -343,6 +343,29 @@ def test_largest_gap_with_no_more_points_than_dimensions(dtype):
         assert gd.LocalPCA(rule=rule, dtype=dtype).fit(X[:40]).dimension_ == 3, rule
 
 
+def test_float32_tight_cluster_far_from_the_mean():
+    """A 2-dim cluster of spread 1e-5 at distance 100 from the rest: rounding a globally
+    centred float32 copy swamps its spread (counts 2..7 before), so such neighbourhoods are
+    re-based on their own point in float64 first, then rounded."""
+    rng = np.random.default_rng(0)
+    D = 80
+    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    A = np.zeros((2000, D))
+    A[:, :3] = rng.standard_normal((2000, 3))
+    B = np.zeros((300, D))
+    B[:, 3:5] = 1e-5 * rng.standard_normal((300, 2))
+    B[:, 10] = 100.0
+    X = np.vstack([A, B]) @ Q
+    for rule in ("fo", "variance", "gap"):
+        pw = gd.LocalPCA(rule).fit_pointwise(X, n_neighbors=20).dimension_pw_
+        pw64 = gd.LocalPCA(rule, dtype=torch.float64).fit_pointwise(X, n_neighbors=20)
+        np.testing.assert_array_equal(pw, pw64.dimension_pw_)
+        assert np.all(pw[2000:] == 2) and np.mean(pw[:2000] == 3) > 0.99, rule
+    est = gd.LocalPCA()
+    radius = torch.as_tensor(knn(A, 20).distances[:, -1])
+    assert est._tight(torch.as_tensor(A), radius).numel() == 0  # ordinary data: no extra work
+
+
 def test_global_noise_floor_follows_float64_eigenvalues():
     """Global PCA's eigenvalues are float64: its noise floor is n eps64, not n eps32 (at
     n = 50 000 that floored the third eigenvalue, 0.4 % of the first, and the gap rule gave 2)."""

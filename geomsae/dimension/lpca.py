@@ -107,6 +107,7 @@ def local_eigenvalues(
     *,
     block_size: int | None = None,
     dtype: torch.dtype = torch.float64,
+    rebase: bool = False,
 ) -> torch.Tensor:
     """Covariance eigenvalues of each neighbourhood ``X[indices[i]]``, descending.
 
@@ -125,6 +126,11 @@ def local_eigenvalues(
     dtype : torch.dtype
         Precision of the products and eigenvalues (float32 halves the memory traffic; the
         eigenvalues keep ~6 significant digits, plenty for counting rules).
+    rebase : bool
+        In a narrower ``dtype`` than ``X``'s: gather each neighbourhood in ``X``'s precision
+        and take it relative to its first point there, before rounding (else the rows are
+        rounded once, from a globally centred copy). Needed for neighbourhoods much smaller
+        than their distance from the data's mean, whose spread the rounding would swamp.
 
     Returns
     -------
@@ -137,7 +143,8 @@ def local_eigenvalues(
     if block_size is None:
         # ~256 neighbourhoods: the gathered block stays in cache for its product (~25% faster)
         block_size = max(1, min(256, DEFAULT_MEMORY_BYTES // (item * (2 * m * D + 2 * r * r))))
-    Xd, scale = working_copy(X, dtype)
+    rebase = rebase and torch.finfo(dtype).bits < torch.finfo(X.dtype).bits
+    Xd, scale = (X, _power_of_two_scale(X)) if rebase else working_copy(X, dtype)
     centre = torch.eye(m, dtype=dtype, device=X.device) - 1.0 / m  # I - 11^T / m
     out = []
     for start in range(0, n_q, block_size):
@@ -145,6 +152,8 @@ def local_eigenvalues(
         b = idx.shape[0]
         Y = Xd.index_select(0, idx.reshape(-1)).view(b, m, D)  # (b, m, D)
         Y.sub_(Y[:, :1].clone())  # relative to the reference point: keeps the numbers small
+        if rebase:
+            Y = Y.mul_(scale).to(dtype)
         if m <= D:  # nonzero spectra of Y^T C Y and C Y Y^T C coincide: use the smaller
             G = centre @ (Y @ Y.transpose(1, 2)) @ centre
         else:
@@ -167,13 +176,22 @@ def working_copy(X: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, flo
     if torch.finfo(dtype).bits >= torch.finfo(X.dtype).bits or X.shape[0] == 0:
         return X.to(dtype), 1.0
     Xc = X - X.mean(0)
-    top = float(torch.sqrt((Xc * Xc).sum(1).max()))
-    if top == 0.0 or not np.isfinite(top):
-        return Xc.to(dtype), 1.0
-    scale = math.ldexp(1.0, -math.frexp(top)[1])
+    scale = _power_of_two_scale(Xc)
     return Xc.mul_(scale).to(dtype), scale
 
 
+def _power_of_two_scale(Xc: torch.Tensor) -> float:
+    """``2^e`` putting the largest row norm of ``Xc`` in [0.5, 1) (1 for empty, zero or
+    non-finite data)."""
+    if Xc.shape[0] == 0:
+        return 1.0
+    top = float(torch.sqrt((Xc * Xc).sum(1).max()))
+    if top == 0.0 or not np.isfinite(top):
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(top)[1])
+
+
+_REBASE_BELOW = 1e4  # neighbourhood radius / (eps |x - mean|) below this: re-based in float64
 _BF16_U = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 _EPS32 = float(torch.finfo(torch.float32).eps)
 _BF16_BLOCK = 32  # neighbourhoods per block: the gathered block stays in cache (fastest)
@@ -450,19 +468,37 @@ class LocalPCA(IDEstimator):
 
     def _pointwise(self, X: torch.Tensor, n_neighbors: int) -> torch.Tensor:
         self._check()
-        idx = knn(X, n_neighbors).indices
-        own = torch.arange(X.shape[0], device=idx.device)[:, None]
-        hood = torch.cat([own, idx], dim=1)
+        nb = knn(X, n_neighbors)
+        own = torch.arange(X.shape[0], device=nb.indices.device)[:, None]
+        hood = torch.cat([own, nb.indices], dim=1)
+        m = hood.shape[1]
         if (
             self.dtype == torch.float32
             and self.rule == "fo"
             and not X.is_cuda
             and native_bf16()
             and X.shape[1] >= 64
-            and hood.shape[1] <= X.shape[1]
+            and m <= X.shape[1]
         ):
-            return self._bf16_pointwise(X, hood)
-        return self._count(local_eigenvalues(X, hood, dtype=self.dtype), hood.shape[1])
+            out = self._bf16_pointwise(X, hood)
+        else:
+            out = self._count(local_eigenvalues(X, hood, dtype=self.dtype), m)
+        tight = self._tight(X, nb.distances[:, -1])
+        if tight.numel():  # their spread is below the rounding of a globally centred copy
+            lam = local_eigenvalues(X, hood[tight], dtype=self.dtype, rebase=True)
+            out[tight] = self._count(lam, m)
+        return out
+
+    def _tight(self, X: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        """Rows whose neighbourhood radius is below ``_REBASE_BELOW`` eps of the working
+        precision times the point's distance from the mean: rounding the globally centred
+        copy would perturb their coordinates by more than 1e-4 of their spread."""
+        eps = torch.finfo(self.dtype).eps
+        if torch.finfo(X.dtype).eps >= eps:
+            return torch.zeros(0, dtype=torch.long, device=X.device)
+        mu = X.mean(0)  # in L2-sized blocks: no (n, D) temporary
+        far = torch.cat([torch.linalg.vector_norm(c - mu, dim=1) for c in X.split(512)])
+        return torch.nonzero(radius.to(far) < _REBASE_BELOW * eps * far).flatten()
 
     def _bf16_pointwise(self, X: torch.Tensor, hood: torch.Tensor) -> torch.Tensor:
         """Counts from certified bfloat16 Grams, the uncertified rows redone in float32.
