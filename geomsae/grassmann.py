@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from pymanopt.manifolds import Grassmann
 
+from geomsae.neighbors.checks import check_positive_int, check_real
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -210,6 +212,8 @@ def karcher_mean(
     ball of radius below ``pi/4`` (Afsari 2011), which neighbouring tangent spaces do. The maps are
     pymanopt's (``Grassmann.exp``, ``Grassmann.log``), evaluated on the flattened stack.
     """
+    check_positive_int(max_iter=max_iter)
+    tol = check_real("tol", tol, inclusive=True)
     X = np.asarray(bases.detach().cpu() if isinstance(bases, torch.Tensor) else bases, float)
     if X.ndim < 3:
         raise ValueError(f"bases must have shape (..., m, D, d); got shape {X.shape}")
@@ -244,9 +248,11 @@ def karcher_mean(
             )
     man = Grassmann(D, d, k=max(g * m, 2))
     Xf = X.reshape(g * m, D, d)
+    dropped = (w.reshape(g * m) == 0)[:, None, None]  # their logarithm is never needed
     n_iter, gnorm = 0, np.full(g, np.inf)
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
         Mf = np.repeat(M, m, axis=0)
+        Xf = np.where(dropped, Mf, Xf)  # a dropped member sits at the mean: Log = 0
         try:
             logs = man.log(Mf, Xf).reshape(g, m, D, d)
         except np.linalg.LinAlgError as exc:

@@ -155,6 +155,21 @@ def test_karcher_mean_bad_input() -> None:
         karcher_mean(np.stack([np.eye(3)[:, :1]] * 2), weights=[-1.0, 2.0])
     with pytest.raises(ValueError, match="positive total weight"):
         karcher_mean(np.stack([np.eye(3)[:, :1]] * 2), weights=[0.0, 0.0])
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+            karcher_mean(np.stack([np.eye(3)[:, :1]] * 2), max_iter=bad)
+    with pytest.raises(ValueError, match="tol must be a finite number"):
+        karcher_mean(np.stack([np.eye(3)[:, :1]] * 2), tol=float("nan"))
+
+
+def test_karcher_mean_ignores_a_dropped_member_orthogonal_to_the_mean() -> None:
+    """Zero weight drops a member (padding): its logarithm at the mean, undefined for an
+    orthogonal one, is not taken."""
+    e = np.eye(4)
+    res = karcher_mean(np.stack([e[:, :2], e[:, :2], e[:, 2:]]), [0.5, 0.5, 0.0])
+    assert res.converged
+    P = res.mean @ res.mean.T
+    np.testing.assert_allclose(P, e[:, :2] @ e[:, :2].T, atol=1e-12)  # span{e1, e2}
 
 
 def test_karcher_mean_reports_the_gradient_at_the_returned_mean() -> None:
