@@ -413,3 +413,18 @@ def test_scalar_parameters_may_be_numpy_or_torch_scalars():
             affinity_matrix(A, bandwidth=bad)
         with pytest.raises(ValueError, match="finite number"):
             laplacian_matrix(K, scaling_epps=bad)
+
+
+def test_isometric_metric_shrinks_by_the_self_loop_share_on_random_samples():
+    """megaman's convention counts K_ii = 1 in the degrees: on a random sample the dual metric
+    of an isometric embedding is about N / (N + 1) I, N = sum_{j != i} K_ij (docs/graph.md)."""
+    X = np.random.default_rng(0).random((3000, 2)) * 3
+    inner = np.nonzero((np.abs(X - 1.5) < 0.5).all(1))[0]
+    for eps, expected in ((0.1, 0.93), (0.3, 0.98)):
+        K = affinity_matrix(adjacency_matrix(X, radius=3 * eps), bandwidth=eps)
+        L = laplacian_matrix(K, "geometric", scaling_epps=eps)
+        H = riemannian_metric(X, L, n_dim=2, indices=inner).dual
+        half_trace = np.trace(H, axis1=1, axis2=2).mean() / 2
+        N = np.asarray(K[inner].sum(1)).ravel() - 1
+        assert half_trace == pytest.approx(expected, abs=0.01)
+        assert half_trace == pytest.approx(np.mean(N / (N + 1)), abs=0.025)
