@@ -2,7 +2,7 @@
 
 Every k-NN estimator is biased low at high intrinsic dimension when the sample is finite:
 at d = 70 and n = 2500 the neighbourhoods are as large as the data set, and boundary and
-concentration effects make TwoNN return ~40. DANCo (Ceruti et al. 2014) corrects this by
+concentration effects make TwoNN return ~42. DANCo (Ceruti et al. 2014) corrects this by
 comparing the data with samples of *uniform balls of known dimension and the same size*; this
 module applies that idea to any estimator of the package:
 
