@@ -655,3 +655,41 @@ def test_float32_products_stay_ieee_under_medium_matmul_precision():
         torch.set_float32_matmul_precision(before)
     np.testing.assert_array_equal(got.indices, i)
     np.testing.assert_array_equal(medium, lpca)
+
+
+def test_low_rank_key_update_is_the_same_elementwise():
+    """The CUDA form of the keys' rank-2 update (elementwise, so cuBLAS cannot round |r|^2 to
+    TF32) gives the addmm result up to float32 rounding."""
+    from geomsae.neighbors.brute import _add_outer
+
+    g = torch.Generator().manual_seed(0)
+    d2 = torch.randn(64, 300, generator=g)
+    U, V = torch.randn(64, 2, generator=g), torch.rand(2, 300, generator=g) * 1e4
+    for beta, alpha in ((-2.0, 1.0), (1.0, -1.0)):
+        a, b = d2.clone(), d2.clone()
+        _add_outer(a, U, V, beta=beta, alpha=alpha, elementwise=False)
+        _add_outer(b, U, V, beta=beta, alpha=alpha, elementwise=True)
+        exact = beta * d2.double() + alpha * (U.double() @ V.double())
+        scale = (d2.double().abs() + U.double().abs() @ V.double()).max()
+        assert float((a.double() - exact).abs().max()) <= 4e-7 * float(scale)
+        assert float((b.double() - exact).abs().max()) <= 4e-7 * float(scale)
+
+
+def test_tf32_setting_is_read_through_either_api():
+    """pair_coef / the screens read the TF32 setting without the legacy flag's RuntimeError
+    (raised once the new precision API is in some states), TF32 only where it is on."""
+    from geomsae.neighbors.brute import pair_coef
+    from geomsae.neighbors.precision import cuda_tf32
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "ieee"
+        assert cuda_tf32() is False
+        plain = pair_coef(torch.float32, 64, cuda=True)
+        assert plain == pair_coef(torch.float32, 64, cuda=False)
+        matmul.fp32_precision = "tf32"
+        assert cuda_tf32() is True
+        assert pair_coef(torch.float32, 64, cuda=True) > plain
+    finally:
+        matmul.fp32_precision = before

@@ -5,9 +5,9 @@ Conventions (pinned, because they change answers downstream):
 * When the queries are the data themselves (``Y is None``), a point is **never its own
   neighbour**; it is excluded by *index*, so an exact duplicate of it still appears, at distance 0.
 * Distances are Euclidean and returned in **float64**, from the expansion
-  ``|x|^2 + |y|^2 - 2 x.y`` on centred data; pairs closer than 1e-4 of their squared norms (~1 % of the norms) are
-  re-measured directly as ``|x - y|``, so duplicates give exactly 0 and near-duplicates keep
-  their digits (the expansion alone loses them to cancellation).
+  ``|x|^2 + |y|^2 - 2 x.y`` on centred data; pairs closer than 1e-4 of their squared norms
+  (~1 % of the norms) are re-measured directly as ``|x - y|``, so duplicates give exactly 0
+  and near-duplicates keep their digits (the expansion alone loses them to cancellation).
 * Every search is exact: screens (float32 products, the projected lower bound of
   :mod:`geomsae.neighbors.projected`) only propose candidates, and each row is certified with a
   rounding-error bound or searched again by brute force.

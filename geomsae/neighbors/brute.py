@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from geomsae.neighbors.precision import cuda_tf32
+
 __all__ = [
     "DEFAULT_MEMORY_BYTES",
     "FLOAT32_SAFE_SQ",
@@ -554,7 +556,7 @@ def pair_coef(dtype: torch.dtype, n_features: int, cuda: bool = False) -> float:
     eps32 = torch.finfo(torch.float32).eps
     acc = 2.0 * (n_features + 2) * eps32
     if dtype == torch.float32:
-        tf32 = cuda and torch.backends.cuda.matmul.allow_tf32
+        tf32 = cuda and cuda_tf32()
         return acc + (8.0 * 2.0**-11 if tf32 else 0.0)
     return acc + 8.0 * _BF16_UNIT_ROUNDOFF
 
@@ -688,7 +690,7 @@ class Screen:
             return 0.0
         if self.folded:
             eps = torch.finfo(self.Rs.dtype).eps
-            if self.Rs.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+            if self.Rs.is_cuda and cuda_tf32():
                 eps = 2.0**-10  # TF32 keeps 10 mantissa bits
             return 4 * (self.Rs.shape[1] + 2) * eps
         return 8 * torch.finfo(torch.float32).eps * (1 + self.coef)
@@ -792,13 +794,39 @@ class Screen:
                 if q_err is None:
                     q_err = self.query_errors(Q, q_norm)
                 U = bf16_pair_bound(q_norm, q_err, self.Rs.shape[1])
-                d2.addmm_(U.to(d2.dtype), self.bound_cols, alpha=-1.0)
+                _add_outer(d2, U.to(d2.dtype), self.bound_cols, beta=1.0, alpha=-1.0)
             else:  # float32: -2 q.r + |r|^2 - coef |q| |r|, a few roundings in all
                 U = torch.stack([torch.ones_like(q_norm), -self.coef * q_norm], 1)
-                d2.addmm_(U.to(d2.dtype), self.bound_cols, beta=-2.0)
+                _add_outer(d2, U.to(d2.dtype), self.bound_cols, beta=-2.0, alpha=1.0)
         if self_b is not None:
             d2[torch.arange(b, device=d2.device), self_b] = math.inf
         return d2
+
+
+def _add_outer(
+    d2: torch.Tensor,
+    U: torch.Tensor,
+    V: torch.Tensor,
+    *,
+    beta: float,
+    alpha: float,
+    elementwise: bool | None = None,
+) -> None:
+    """``d2 <- beta d2 + alpha U V`` in place for a low-rank ``U`` (b, r) and ``V`` (r, n).
+
+    On CPU one ``addmm_`` (IEEE float32 under :func:`ieee_float32`). On CUDA, elementwise
+    broadcasting instead: cuBLAS may round a float32 product's inputs to TF32, which would
+    round ``|r|^2`` in ``V`` by up to 2^-11 of itself, beyond the screens' bounds (keys above
+    the exact distance, wrong neighbours certified for queries near the data's centre).
+    ``elementwise`` forces either way (default: on CUDA).
+    """
+    if not (d2.is_cuda if elementwise is None else elementwise):
+        d2.addmm_(U, V, beta=beta, alpha=alpha)
+        return
+    if beta != 1.0:
+        d2.mul_(beta)
+    for j in range(U.shape[1]):  # r is 2: two fused passes over the block
+        d2.addcmul_(U[:, j : j + 1], V[j : j + 1], value=alpha)
 
 
 _TOPK_ROW = 512  # selection per entry is slower on rows longer than ~600 than amin slabs

@@ -108,15 +108,15 @@ def radius_neighbors(
         chosen = plan_radius(raw, everyone, ref, radius, force=method == "projected")
     if chosen is not None:
         r, c, v = projected_radius(raw, everyone, ref, radius, chosen, block_size=block_size)
-        v = v / scale
         if max_neighbors is not None:
             over = int((torch.bincount(r, minlength=n) > cap).sum())
             if over:
                 logger.warning(
                     "radius_neighbors: max_neighbors=%d truncated %d of %d rows", cap, over, n
                 )
-            r, c, v = _cap_rows(r, c, v, n, cap)
-        return _csr(r, c, v, n)
+            q_all = Queries(ref.raw, ref.X, ref.sq)
+            r, c, v = _cap_rows(r, c, _settle_cap(q_all, ref, r, c, v, cap), n, cap)
+        return _csr(r, c, v / scale, n)
     bs = block_size or min(512, block_rows(n, 2 * Xt.shape[1], None))  # cache-sized blocks
     dtype = auto_screen_dtype(n, 1, n - 1, Xt.is_cuda, Xt.shape[1]) if safe else torch.float64
     # screening slack: the expansion's rounding error is ~1e-12 of the squared norms
@@ -132,7 +132,7 @@ def radius_neighbors(
         r, c, dist = found
         if max_neighbors is not None:
             before = torch.bincount(r, minlength=b)
-            r, c, dist = _cap_rows(r, c, dist, b, cap)
+            r, c, dist = _cap_rows(r, c, _settle_cap(q, ref, r, c, dist, cap), b, cap)
             truncated += int((before > cap).sum())
         rows_all.append(start + r)
         cols_all.append(c)
@@ -197,6 +197,38 @@ def _expansion_block(
         dist[p] = measure_directly(q, ref, r[p], c[p])
     keep = dist <= radius
     return r[keep], c[keep], dist[keep]
+
+
+def _settle_cap(
+    q: Queries, ref: Reference, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, cap: int
+) -> torch.Tensor:
+    """``v`` with the pairs that could change sides of a row's cap measured directly.
+
+    In rows of more than ``cap`` pairs, a pair whose expansion distance is within the
+    expansion's error (``brute.expansion_error``'s bound, both sides) of the row's
+    ``cap``-th smallest may be on either side of it whatever the exact distances are: on
+    lattices, equal distances came out a few ulps apart and the cap kept columns by rounding
+    noise, not by column. Those are re-measured as ``|q - r|`` (equal exact distances then
+    compare equal); no other pair can cross the cap. ``r`` indexes the rows of ``q``.
+    """
+    counts = torch.bincount(r, minlength=len(q))
+    over = counts > cap
+    if not bool(over.any()):
+        return v
+    order = torch.from_numpy(np.lexsort((v.cpu().numpy(), r.cpu().numpy()))).to(r.device)
+    starts = torch.cumsum(counts, 0) - counts
+    kth = torch.full((len(q),), math.inf, dtype=v.dtype, device=v.device)
+    rows = torch.nonzero(over).flatten()
+    kth[rows] = v[order[starts[rows] + cap - 1]]
+    d2, k2 = v * v, kth[r] * kth[r]
+    q_sq, D = q.sq[r], q.c.shape[1]  # expansion_error's bound, pair by pair
+    err = pair_error(D, 3 * q_sq + 2 * d2) + pair_error(D, 3 * q_sq + 2 * k2)
+    near = torch.nonzero(over[r] & ((d2 - k2).abs() <= err)).flatten()
+    if not near.numel():
+        return v
+    v = v.clone()
+    v[near] = measure_directly(q, ref, r[near], c[near])
+    return v
 
 
 def _cap_rows(
