@@ -360,18 +360,26 @@ class Queries:
 
 
 def _csr_dots(
-    Qc: torch.Tensor, R: torch.Tensor, crow: torch.Tensor, cols: torch.Tensor
+    Qc: torch.Tensor,
+    R: torch.Tensor,
+    crow: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    sampled: bool | None = None,
+    memory_bytes: int | None = None,
 ) -> torch.Tensor:
     """``Qc[i] . R[cols[p]]`` for the pairs ``p`` of row ``i`` (CSR: ``crow[i] <= p < crow[i+1]``).
 
-    On CPU a sampled dense-dense product (``torch.sparse.sampled_addmm`` on the CSR pattern of
-    the pairs) reads each candidate row once without materialising a (pairs, D) gather,
-    ~2-5x faster than ``index_select`` + a batched product at D = 576; on GPUs the gather is
-    used.
+    On CPU (``sampled``, the default there) a sampled dense-dense product
+    (``torch.sparse.sampled_addmm`` on the CSR pattern of the pairs) reads each candidate row
+    once without materialising a (pairs, D) gather, ~2-5x faster than ``index_select`` + a
+    batched product at D = 576; on GPUs the gathers are used, in chunks of pairs within
+    ``memory_bytes`` (default :data:`DEFAULT_MEMORY_BYTES`; a radius block can hold 512 x 512
+    pairs, 1.2 GB per gathered copy at D = 576).
     """
     if cols.numel() == 0:
         return torch.zeros(0, dtype=Qc.dtype, device=Qc.device)
-    if Qc.device.type == "cpu":
+    if Qc.device.type == "cpu" if sampled is None else sampled:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             pattern = torch.sparse_csr_tensor(
@@ -380,7 +388,13 @@ def _csr_dots(
             )  # fmt: skip
             return torch.sparse.sampled_addmm(pattern, Qc, R.T).values()
     rows = torch.repeat_interleave(torch.diff(crow))
-    return (torch.index_select(R, 0, cols) * Qc[rows]).sum(1)
+    budget = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    step = max(1, budget // (2 * Qc.element_size() * max(Qc.shape[1], 1)))  # two gathers
+    out = torch.empty(cols.numel(), dtype=Qc.dtype, device=Qc.device)
+    for s in range(0, cols.numel(), step):
+        sl = slice(s, s + step)
+        out[sl] = (torch.index_select(R, 0, cols[sl]) * Qc[rows[sl]]).sum(1)
+    return out
 
 
 def measure_directly(
